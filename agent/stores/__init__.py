@@ -1,0 +1,101 @@
+"""Where trust goes: the OS store (`system`) or a runtime's per-registry directory (`registry`).
+
+A store only computes *where* and *what* (a `Placement`); writing it is the engine's job
+through `HostFS`, and `check_placement` says beforehand whether writing is safe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from agent.errors import StoreError
+from agent.host import HostFS
+
+FILE_PREFIX = "ca-trust-agent-"
+_UNSAFE = re.compile(r"[^a-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class Placement:
+    store: str  # "system" | "containerd" | "docker" | "crio"
+    scope: str  # "system" | "registry"
+    directory: str  # host path of the dir holding our file
+    file: str  # host path of our file (always named ca-trust-agent-*)
+    content: bytes  # exact bytes to write (deterministic PEM bundle)
+    refresh: tuple[str, ...] | None  # argv to run after writing or removing (system scope)
+    needs_restart: bool  # runtimes must restart to see it (system scope)
+    verify_cafile: str  # host path a client trusts afterwards
+
+
+def safe(text: str) -> str:
+    """A file-name-safe form of an endpoint key: `registry.test:5443` -> `registry.test_5443`."""
+    return _UNSAFE.sub("_", text.lower())
+
+
+def file_name(endpoint_key: str) -> str:
+    return f"{FILE_PREFIX}{safe(endpoint_key)}.crt"
+
+
+def check_placement(fs: HostFS, placement: Placement, *, ours: Collection[str]) -> None:
+    """Raise StoreError if writing `placement` would be unsafe or would not take effect.
+
+    `ours` are host paths the ledger says we wrote. A file we did not write is never
+    overwritten unless it already holds exactly our bytes.
+    """
+    dir_kind = fs.lstat_kind(placement.directory)
+    if dir_kind == "symlink":
+        raise StoreError(
+            f"{placement.directory} (or a directory above it) is a symbolic link; "
+            "refusing to write through it",
+            kind="symlink",
+        )
+    if dir_kind not in (None, "dir"):
+        raise StoreError(f"{placement.directory} exists and is not a directory", kind="conflict")
+    if dir_kind == "dir" and placement.store == "containerd":
+        _check_hosts_toml(fs, placement, ours)
+    file_kind = fs.lstat_kind(placement.file)
+    if file_kind is None:
+        return
+    if file_kind != "file":
+        raise StoreError(
+            f"{placement.file} exists and is a {file_kind}, not a regular file; "
+            "refusing to replace it",
+            kind="symlink",
+        )
+    if placement.file in ours:
+        return
+    if fs.read_bytes(placement.file) != placement.content:
+        raise StoreError(
+            f"{placement.file} exists, was not written by ca-trust-agent and holds other "
+            "certificates; move it away or remove it first",
+            kind="conflict",
+        )
+
+
+def _check_hosts_toml(fs: HostFS, placement: Placement, ours: Collection[str]) -> None:
+    hosts = placement.directory.rstrip("/") + "/hosts.toml"
+    if fs.lstat_kind(hosts) is not None and hosts not in ours:
+        raise StoreError(
+            f"{hosts} exists: containerd ignores *.crt files in {placement.directory} when a "
+            "hosts.toml is present, so our CA would have no effect. Add `ca = [...]` to that "
+            "hosts.toml yourself, or use system scope",
+            kind="conflict",
+        )
+
+
+from agent.stores.registry import RegistryStore, registry_store  # noqa: E402
+from agent.stores.system import SystemStore, system_store  # noqa: E402
+
+__all__ = [
+    "FILE_PREFIX",
+    "Placement",
+    "RegistryStore",
+    "SystemStore",
+    "check_placement",
+    "file_name",
+    "registry_store",
+    "safe",
+    "system_store",
+]

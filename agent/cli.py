@@ -34,15 +34,20 @@ EXIT_CODES = """exit codes:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--host-root", default=argparse.SUPPRESS, metavar="DIR",
+        "--host-root",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
         help="the node's root file system (default /; /host in the DaemonSet)",
     )
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print data as JSON")
-    common.add_argument("--log-level", default=argparse.SUPPRESS,
-                        choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
-                        help="log as JSON lines")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+    )
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"]
+    )
+    common.add_argument(
+        "--log-json", action="store_true", default=argparse.SUPPRESS, help="log as JSON lines"
+    )
 
     top = argparse.ArgumentParser(
         prog="ca-trust-agent",
@@ -55,70 +60,138 @@ def _parser() -> argparse.ArgumentParser:
 
     def network(p: argparse.ArgumentParser) -> None:
         p.add_argument("--sni", metavar="NAME", help="TLS server name (default: the host name)")
-        p.add_argument("--proxy", metavar="URL",
-                       help="HTTP CONNECT proxy (default: HTTPS_PROXY unless NO_PROXY matches)")
-        p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="overall deadline for connecting and the handshake (default 10)")
+        p.add_argument(
+            "--proxy",
+            metavar="URL",
+            help="HTTP CONNECT proxy (default: HTTPS_PROXY unless NO_PROXY matches)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="overall deadline for connecting and the handshake (default 10)",
+        )
 
-    f = sub.add_parser("fetch", parents=[common], help="show the certificate chain a server presents",
-                       description="Show the chain HOST presents, and which certificate would become "
-                       "the trust anchor. Exit 0 when it could be trusted, 4 when not.")
+    f = sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="show the certificate chain a server presents",
+        description="Show the chain HOST presents, and which certificate would become "
+        "the trust anchor. Exit 0 when it could be trusted, 4 when not.",
+    )
     f.add_argument("target", metavar="HOST[:PORT]")
     f.add_argument("--pem", action="store_true", help="include each certificate's PEM")
     network(f)
 
-    i = sub.add_parser("install", parents=[common], help="trust the CA of HOST on this machine",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = sub.add_parser(
+        "install",
+        parents=[common],
+        help="trust the CA of HOST on this machine",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("target", metavar="HOST[:PORT]")
-    i.add_argument("--registry", metavar="HOST[:PORT]",
-                   help="image registry whose certs.d directory gets the CA, when it differs from "
-                   "HOST (an auth-token or CDN host)")
-    i.add_argument("--scope", choices=["auto", "registry", "system"], default="auto",
-                   help="registry: certs.d for this registry only, no restart; system: OS trust "
-                   "store + runtime restart; auto (default): registry where the runtime supports it")
-    i.add_argument("--ca-file", metavar="PEM", help="trust this CA instead of the one the server sent")
-    i.add_argument("--pin", action="append", default=[], metavar="sha256:HEX",
-                   help="only trust an anchor with this fingerprint (repeatable)")
+    i.add_argument(
+        "--registry",
+        metavar="HOST[:PORT]",
+        help="image registry whose certs.d directory gets the CA, when it differs from "
+        "HOST (an auth-token or CDN host)",
+    )
+    i.add_argument(
+        "--scope",
+        choices=["auto", "registry", "system"],
+        default="auto",
+        help="registry: certs.d for this registry only, no restart; system: OS trust "
+        "store + runtime restart; auto (default): registry where the runtime supports it",
+    )
+    i.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA instead of the one the server sent"
+    )
+    i.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="sha256:HEX",
+        help="only trust an anchor with this fingerprint (repeatable)",
+    )
     _restart_options(i)
     i.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     network(i)
 
     sub.add_parser("list", parents=[common], help="what ca-trust-agent installed on this machine")
 
-    r = sub.add_parser("remove", parents=[common], help="undo exactly what the ledger says for HOST")
+    r = sub.add_parser(
+        "remove", parents=[common], help="undo exactly what the ledger says for HOST"
+    )
     r.add_argument("target", metavar="HOST[:PORT]")
     _restart_options(r)
     r.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
 
     run = sub.add_parser("run", parents=[common], help="the DaemonSet loop")
-    run.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
-                     help="kubeconfig outside a cluster (default: in-cluster service account)")
-    run.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
-                     help="this node (default: $NODE_NAME from the downward API)")
-    run.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "ca-trust-agent"),
-                     help="namespace of the policy ConfigMap and restart Leases")
-    run.add_argument("--metrics-address", default="0.0.0.0:9402", metavar="HOST:PORT",
-                     help="serve /metrics /healthz /readyz here (default 0.0.0.0:9402)")
-    run.add_argument("--reconcile-seconds", type=float, default=300.0,
-                     help="mean period of the drift/expiry reconcile (jittered)")
+    run.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig outside a cluster (default: in-cluster service account)",
+    )
+    run.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME"),
+        help="this node (default: $NODE_NAME from the downward API)",
+    )
+    run.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", "ca-trust-agent"),
+        help="namespace of the policy ConfigMap and restart Leases",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="0.0.0.0:9402",
+        metavar="HOST:PORT",
+        help="serve /metrics /healthz /readyz here (default 0.0.0.0:9402)",
+    )
+    run.add_argument(
+        "--reconcile-seconds",
+        type=float,
+        default=300.0,
+        help="mean period of the drift/expiry reconcile (jittered)",
+    )
     _restart_options(run, with_policy=False)
     return top
 
 
 def _restart_options(p: argparse.ArgumentParser, *, with_policy: bool = True) -> None:
     if with_policy:
-        p.add_argument("--restart", choices=["auto", "never"], default="auto",
-                       help="restart the container runtime when system scope needs it (default auto)")
-        p.add_argument("--allow-docker-restart", action="store_true",
-                       help="restart dockerd even without live-restore (stops running containers)")
-    p.add_argument("--runtime", action="append", choices=["containerd", "docker", "crio"],
-                   help="container runtime(s) on this host (default: detected)")
-    p.add_argument("--restart-command", metavar="CMD",
-                   help="restart runtimes with this command instead of systemctl; {runtime} is "
-                   "replaced (also $CA_TRUST_AGENT_RESTART_COMMAND)")
-    p.add_argument("--runner", choices=["auto", "direct", "nsenter"], default="auto",
-                   help="how host commands run: nsenter into PID 1's namespaces, or directly "
-                   "(auto: nsenter when --host-root is not /)")
+        p.add_argument(
+            "--restart",
+            choices=["auto", "never"],
+            default="auto",
+            help="restart the container runtime when system scope needs it (default auto)",
+        )
+        p.add_argument(
+            "--allow-docker-restart",
+            action="store_true",
+            help="restart dockerd even without live-restore (stops running containers)",
+        )
+    p.add_argument(
+        "--runtime",
+        action="append",
+        choices=["containerd", "docker", "crio"],
+        help="container runtime(s) on this host (default: detected)",
+    )
+    p.add_argument(
+        "--restart-command",
+        metavar="CMD",
+        help="restart runtimes with this command instead of systemctl; {runtime} is "
+        "replaced (also $CA_TRUST_AGENT_RESTART_COMMAND)",
+    )
+    p.add_argument(
+        "--runner",
+        choices=["auto", "direct", "nsenter"],
+        default="auto",
+        help="how host commands run: nsenter into PID 1's namespaces, or directly "
+        "(auto: nsenter when --host-root is not /)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,11 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     from agent.logs import setup_logging
 
-    setup_logging(getattr(args, "log_level", "warning" if args.command != "run" else "info"),
-                  json=getattr(args, "log_json", False))
+    setup_logging(
+        getattr(args, "log_level", "warning" if args.command != "run" else "info"),
+        json=getattr(args, "log_json", False),
+    )
     try:
-        handler = {"fetch": _fetch, "install": _install, "list": _list, "remove": _remove,
-                   "run": _run}[args.command]
+        handler = {
+            "fetch": _fetch,
+            "install": _install,
+            "list": _list,
+            "remove": _remove,
+            "run": _run,
+        }[args.command]
         return handler(args)
     except AgentError as exc:
         _error(args, exc)
@@ -142,8 +222,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(args: argparse.Namespace, exc: AgentError) -> None:
     if args.json:
-        print(json.dumps({"error": {"type": type(exc).__name__, "kind": exc.kind,
-                                    "message": str(exc), "exit_code": exc.exit_code}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "error": {
+                        "type": type(exc).__name__,
+                        "kind": exc.kind,
+                        "message": str(exc),
+                        "exit_code": exc.exit_code,
+                    }
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"ca-trust-agent: {exc}", file=sys.stderr)
 
@@ -182,8 +273,9 @@ def _fetch(args: argparse.Namespace) -> int:
         analysis = analyze(got.certs, target, now=now)
     except AgentError as exc:
         error = exc
-    kw: dict[str, Any] = dict(peer=got.peer, tls_version=got.tls_version, analysis=analysis,
-                              error=error, pem=args.pem)
+    kw: dict[str, Any] = dict(
+        peer=got.peer, tls_version=got.tls_version, analysis=analysis, error=error, pem=args.pem
+    )
     _emit(args, chain_dict(target, got.certs, **kw), chain_text(target, got.certs, now=now, **kw))
     return 0 if error is None else error.exit_code
 
@@ -255,7 +347,9 @@ def _remove(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     result = engine.remove(
-        _target(args.target), restart=args.restart, dry_run=args.dry_run,
+        _target(args.target),
+        restart=args.restart,
+        dry_run=args.dry_run,
         allow_docker_restart_without_live_restore=args.allow_docker_restart,
     )
     _emit(args, result_dict(result), result_text(result))

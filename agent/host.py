@@ -460,10 +460,18 @@ def _decode(data: bytearray, dropped: int) -> str:
 
 
 class NsenterRunner:
-    """Runs a command in the host's namespaces (PID 1's), from inside the agent's container."""
+    """Runs a command in the host's namespaces (PID 1's), from inside the agent's container.
 
-    def __init__(self, inner: Runner | None = None) -> None:
+    `target` exists for tests, which cannot enter the namespaces of a sandbox's PID 1.
+    """
+
+    def __init__(self, inner: Runner | None = None, *, target: int = 1) -> None:
         self.inner: Runner = inner if inner is not None else DirectRunner()
+        self.prefix = nsenter_prefix(target)
 
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> CommandResult:
-        return self.inner.run((*NSENTER_PREFIX, *_check_argv(argv)), timeout=timeout)
+        return self.inner.run((*self.prefix, *_check_argv(argv)), timeout=timeout)
+
+
+def nsenter_prefix(target: int = 1) -> tuple[str, ...]:
+    return ("nsenter", "-t", str(target), *NSENTER_PREFIX[3:])

@@ -73,7 +73,17 @@ class DropLedger:
     endpoint: str
 
 
-Action = MakeDir | WriteFile | RemoveFile | RemoveDir | Refresh | Verify | Restart | RecordLedger | DropLedger
+Action = (
+    MakeDir
+    | WriteFile
+    | RemoveFile
+    | RemoveDir
+    | Refresh
+    | Verify
+    | Restart
+    | RecordLedger
+    | DropLedger
+)
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,8 @@ def plan_install(
     stale_dirs = [d for d in old_dirs if d not in created and not _holds_any(d, new_files)]
     actions += [RemoveDir(d) for d in sorted(stale_dirs, key=len, reverse=True)]
     refreshes = _unique_refreshes(
-        [p.refresh for p in placements if p.refresh] + [tuple(r) for r in (previous.refresh if previous else ())]
+        [p.refresh for p in placements if p.refresh]
+        + [tuple(r) for r in (previous.refresh if previous else ())]
     )
     actions += [Refresh(r) for r in refreshes]
     if verify is not None:

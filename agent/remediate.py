@@ -22,7 +22,14 @@ from agent.hostport import HostPort
 from agent.ledger import Ledger, LedgerEntry
 from agent.runtime import RestartMethod, RuntimeManager, detect_runtimes
 from agent.stores import Placement, check_placement, registry_store, system_store
-from agent.trust import Analysis, CertInfo, analyze, analyze_with_anchor, check_anchor_only, pem_bundle
+from agent.trust import (
+    Analysis,
+    CertInfo,
+    analyze,
+    analyze_with_anchor,
+    check_anchor_only,
+    pem_bundle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,7 @@ class Engine:
         runtimes: Sequence[str] | None = None,
         restart_method: RestartMethod | None = None,
         restart_gate: RestartGate | None = None,
+        manager: RuntimeManager | None = None,
         fetch: Callable[..., object] | None = None,
         verify: Callable[..., None] | None = None,
         clock: Callable[[], datetime] = _now,
@@ -118,7 +126,9 @@ class Engine:
         self.runner = runner
         self.ledger = Ledger(fs)
         self._runtimes = tuple(runtimes) if runtimes is not None else None
-        self.manager = RuntimeManager(fs, runner, restart_method or RestartMethod("systemd"))
+        self.manager = manager or RuntimeManager(
+            fs, runner, restart_method or RestartMethod("systemd")
+        )
         self._gate: RestartGate = restart_gate or (lambda _runtime: contextlib.nullcontext())
         self._fetch = fetch
         self._verify = verify
@@ -134,6 +144,13 @@ class Engine:
 
     def entries(self) -> dict[str, LedgerEntry]:
         return self.ledger.entries()
+
+    def use_runtimes(self, runtimes: Sequence[str]) -> None:
+        """The daemon learns the node's runtime from the Node object after start."""
+        self._runtimes = tuple(runtimes)
+
+    def set_restart_gate(self, gate: RestartGate) -> None:
+        self._gate = gate
 
     # ---------------------------------------------------------------- install
 
@@ -176,19 +193,42 @@ class Engine:
         stores = tuple(pl.store for pl in placements)
         if not actions:
             return Result(
-                req.endpoint, registry, "unchanged", scope, stores, anchor, analysis, (),
-                verified=True, timings=timings,
+                req.endpoint,
+                registry,
+                "unchanged",
+                scope,
+                stores,
+                anchor,
+                analysis,
+                (),
+                verified=True,
+                timings=timings,
             )
         required = tuple(self._restart_required(req, placements))
         if req.dry_run:
             return Result(
-                req.endpoint, registry, "dry-run", scope, stores, anchor, analysis, actions,
-                restart_required=required, timings=timings,
+                req.endpoint,
+                registry,
+                "dry-run",
+                scope,
+                stores,
+                anchor,
+                analysis,
+                actions,
+                restart_required=required,
+                timings=timings,
             )
         undo = _Undo(previous, dict(disk.files))
         restarted, restart_error = self._apply(actions, timings, undo=undo)
         return Result(
-            req.endpoint, registry, "installed", scope, stores, anchor, analysis, actions,
+            req.endpoint,
+            registry,
+            "installed",
+            scope,
+            stores,
+            anchor,
+            analysis,
+            actions,
             restarted=restarted,
             restart_required=required,
             restart_error=restart_error,
@@ -196,7 +236,9 @@ class Engine:
             timings=timings,
         )
 
-    def _analysis(self, req: InstallRequest, timings: dict[str, float]) -> tuple[Analysis | None, CertInfo]:
+    def _analysis(
+        self, req: InstallRequest, timings: dict[str, float]
+    ) -> tuple[Analysis | None, CertInfo]:
         from agent.trust import parse_pem_bundle
 
         now = self._clock()
@@ -297,7 +339,9 @@ class Engine:
             ours.update(e.files)
         return ours
 
-    def _disk_state(self, placements: Sequence[Placement], previous: LedgerEntry | None) -> p.DiskState:
+    def _disk_state(
+        self, placements: Sequence[Placement], previous: LedgerEntry | None
+    ) -> p.DiskState:
         paths = {pl.file for pl in placements} | set(previous.files if previous else ())
         files = {path: self.fs.read_bytes(path) for path in paths}
         dirs: set[str] = set()
@@ -311,8 +355,14 @@ class Engine:
 
     # ----------------------------------------------------------------- remove
 
-    def remove(self, endpoint: HostPort, *, restart: str = "auto", dry_run: bool = False,
-               allow_docker_restart_without_live_restore: bool = False) -> Result:
+    def remove(
+        self,
+        endpoint: HostPort,
+        *,
+        restart: str = "auto",
+        dry_run: bool = False,
+        allow_docker_restart_without_live_restore: bool = False,
+    ) -> Result:
         entry = self.entries().get(endpoint.key)
         registry = endpoint
         if entry is None:
@@ -331,13 +381,33 @@ class Engine:
         actions = p.plan_remove(entry, restart_runtimes=restart_runtimes)
         required = tuple(self.runtimes) if entry.scope == "system" and restart == "never" else ()
         if dry_run:
-            return Result(endpoint, registry, "dry-run", entry.scope, entry.stores, None, None,
-                          actions, restart_required=required)
+            return Result(
+                endpoint,
+                registry,
+                "dry-run",
+                entry.scope,
+                entry.stores,
+                None,
+                None,
+                actions,
+                restart_required=required,
+            )
         timings: dict[str, float] = {}
         restarted, restart_error = self._apply(actions, timings, undo=None)
-        return Result(endpoint, registry, "removed", entry.scope, entry.stores, None, None, actions,
-                      restarted=restarted, restart_required=required, restart_error=restart_error,
-                      timings=timings)
+        return Result(
+            endpoint,
+            registry,
+            "removed",
+            entry.scope,
+            entry.stores,
+            None,
+            None,
+            actions,
+            restarted=restarted,
+            restart_required=required,
+            restart_error=restart_error,
+            timings=timings,
+        )
 
     def recover(self) -> list[str]:
         """Converge entries a crashed run left half-way: undo 'installing', finish 'removing'.
@@ -362,10 +432,14 @@ class Engine:
         restart_error: RuntimeRestartError | None = None
         done: list[p.Action] = []
         intent: LedgerEntry | None = None
-        for action in actions:
+        for planned in actions:
+            action = planned
             if isinstance(action, p.Restart):
                 try:
-                    with self._timed(timings, f"restart:{action.runtime}"), self._gate(action.runtime):
+                    with (
+                        self._timed(timings, f"restart:{action.runtime}"),
+                        self._gate(action.runtime),
+                    ):
                         self.manager.restart(action.runtime)
                     restarted.append(action.runtime)
                 except RuntimeRestartError as exc:

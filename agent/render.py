@@ -176,7 +176,9 @@ def result_text(result: Result) -> str:
             f" in {result.scope} scope ({', '.join(result.stores)})"
         )
     else:
-        lines.append(f"{verb} {result.endpoint.key}" + (f" ({result.scope} scope)" if result.scope else ""))
+        lines.append(
+            f"{verb} {result.endpoint.key}" + (f" ({result.scope} scope)" if result.scope else "")
+        )
     if result.actions:
         lines.append("Plan:" if result.status == "dry-run" else "Steps:")
         lines += [f"  {i + 1}. {describe(a)}" for i, a in enumerate(result.actions)]
@@ -208,9 +210,20 @@ def entries_text(entries: Sequence[LedgerEntry]) -> str:
         return "No CA installed by ca-trust-agent on this host.\n"
     rows = [("ENDPOINT", "SCOPE", "STATE", "NOT AFTER", "SHA-256", "SUBJECT")]
     for e in entries:
-        rows.append((e.endpoint, e.scope, e.state, e.not_after[:10], e.sha256[:23] + "...", e.anchor_subject))
+        rows.append(
+            (
+                e.endpoint,
+                e.scope,
+                e.state,
+                e.not_after[:10],
+                e.sha256[:23] + "...",
+                e.anchor_subject,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     out = []
     for r in rows:
-        out.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+        out.append(
+            "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        )
     return "\n".join(out) + "\n"

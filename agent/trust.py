@@ -29,6 +29,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509 import verification as xv
 
 from agent.errors import InputError, TrustError
@@ -62,7 +63,9 @@ class CertInfo:
     def pem(self) -> bytes:
         body = base64.b64encode(self.der)
         lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-        return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+        return (
+            b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+        )
 
     @property
     def has_san(self) -> bool:
@@ -98,7 +101,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Names chain and the issuer's key verifies the signature."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, x509.InvalidSignature, x509.UnsupportedAlgorithm):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
@@ -307,9 +310,7 @@ def _check_name(leaf: CertInfo, target: HostPort) -> None:
         )
 
 
-def _walk(
-    chain: Sequence[CertInfo], anchor: CertInfo, now: dt.datetime
-) -> tuple[CertInfo, ...]:
+def _walk(chain: Sequence[CertInfo], anchor: CertInfo, now: dt.datetime) -> tuple[CertInfo, ...]:
     """The issuer path leaf -> anchor through the presented certificates.
 
     Looks each issuer up by name and signature (servers do send chains out of order),
@@ -322,11 +323,7 @@ def _walk(
     while current.sha256 != anchor.sha256:
         _check_time(current, _role(current, leaf, anchor), now)
         issuer = next(
-            (
-                c
-                for c in (anchor, *pool)
-                if c not in path and _issued_by(_x509(current), _x509(c))
-            ),
+            (c for c in (anchor, *pool) if c not in path and _issued_by(_x509(current), _x509(c))),
             None,
         )
         if issuer is None:
@@ -356,9 +353,7 @@ def _ca_basic_constraints(
         raise ValueError("basicConstraints.cA must be asserted in a CA certificate")
 
 
-def _ca_key_usage(
-    _policy: xv.Policy, _cert: x509.Certificate, ext: x509.KeyUsage | None
-) -> None:
+def _ca_key_usage(_policy: xv.Policy, _cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
     if ext is not None and not ext.key_cert_sign:
         raise ValueError("a CA's keyUsage must include keyCertSign")
 
@@ -390,11 +385,11 @@ def _verify(
     chain: Sequence[CertInfo], anchor: CertInfo, target: HostPort, now: dt.datetime
 ) -> None:
     """The authoritative check by cryptography's verifier, after our precise pre-checks."""
-    subject: xv.DNSName | xv.IPAddress
+    subject: x509.DNSName | x509.IPAddress
     if target.is_ip:
-        subject = xv.IPAddress(ipaddress.ip_address(target.host))
+        subject = x509.IPAddress(ipaddress.ip_address(target.host))
     else:
-        subject = xv.DNSName(target.host)
+        subject = x509.DNSName(target.host)
     ca_policy, ee_policy = _policies()
     verifier = (
         xv.PolicyBuilder()
@@ -475,9 +470,7 @@ def analyze_with_anchor(
     return Analysis(target, tuple(chain), anchor, None, "provided")
 
 
-def check_anchor_only(
-    anchor: CertInfo, *, now: dt.datetime, pins: Collection[str] = ()
-) -> None:
+def check_anchor_only(anchor: CertInfo, *, now: dt.datetime, pins: Collection[str] = ()) -> None:
     """A declarative CA (policy caPEM) with no server to check against: must be a CA,
     currently valid and, when pins are given, one of them."""
     _check_pins(anchor, pins)

@@ -299,7 +299,12 @@ def make_pki(
     inter: Issued | None = None
     if self_signed_leaf:
         leaf = make_leaf(
-            None, names=names, ips=ips, san=san, window=leaf_window, is_ca=leaf_is_ca,
+            None,
+            names=names,
+            ips=ips,
+            san=san,
+            window=leaf_window,
+            is_ca=leaf_is_ca,
             key_type=key_type,
         )
         root = leaf
@@ -308,12 +313,21 @@ def make_pki(
         issuer = root
         if intermediate:
             inter = make_ca(
-                "Lab Intermediate CA", issuer=root, window=intermediate_window,
-                is_ca=intermediate_is_ca, path_length=0, key_type=key_type,
+                "Lab Intermediate CA",
+                issuer=root,
+                window=intermediate_window,
+                is_ca=intermediate_is_ca,
+                path_length=0,
+                key_type=key_type,
             )
             issuer = inter
         leaf = make_leaf(
-            issuer, names=names, ips=ips, san=san, window=leaf_window, is_ca=leaf_is_ca,
+            issuer,
+            names=names,
+            ips=ips,
+            san=san,
+            window=leaf_window,
+            is_ca=leaf_is_ca,
             key_type=key_type,
         )
     presented = [leaf] if inter is None or self_signed_leaf else [leaf, inter]

@@ -22,7 +22,7 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -262,13 +262,36 @@ class ConnectProxy(LoopbackServer):
     """An HTTP CONNECT proxy for loopback targets; `targets` records each request target.
 
     `status` other than 200 refuses every CONNECT with that status (proxy error paths).
-    Targets are restricted to loopback so a test can never tunnel off the machine.
+    `hosts` maps names to addresses for the proxy alone, as a corporate proxy resolves
+    names the node cannot. Targets must be loopback: a test can never tunnel off the
+    machine.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, status: int = 200) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        status: int = 200,
+        hosts: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(host, port)
         self.status = status
+        self.hosts = dict(hosts or {})
         self.targets: list[str] = []
+
+    def _loopback_address(self, name: str) -> str | None:
+        """Where to connect for `name`: the `hosts` override (so a test can use names
+        like registry.test that only the proxy resolves), else DNS; loopback only."""
+        name = self.hosts.get(name, name)
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except OSError:
+            return None
+        addrs = [str(info[4][0]) for info in infos]
+        if not addrs or not all(ipaddress.ip_address(a).is_loopback for a in addrs):
+            return None
+        return addrs[0]
 
     def handle(self, conn: socket.socket) -> None:
         head = _recv_until(conn, b"\r\n\r\n", limit=16384)
@@ -283,14 +306,14 @@ class ConnectProxy(LoopbackServer):
         if self.status != 200:
             conn.sendall(f"HTTP/1.1 {self.status} Refused\r\nContent-Length: 0\r\n\r\n".encode())
             return
-        host, _, port = target.rpartition(":")
-        host = host.strip("[]")
-        if not ipaddress.ip_address(host).is_loopback:
+        name, _, port = target.rpartition(":")
+        host = self._loopback_address(name.strip("[]"))
+        if host is None:
             conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             return
         try:
             upstream = socket.create_connection((host, int(port)), timeout=_IO_TIMEOUT)
-        except OSError:
+        except (OSError, ValueError):
             conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
         with upstream:

@@ -1,0 +1,537 @@
+"""The decision loop of `ca-trust-agent run`, free of watch mechanics.
+
+Watch callbacks (`on_node`, `on_policy`, `on_pod`) only record state and enqueue work;
+one worker thread (`work`) does everything that changes the node, in order, so two
+remediations never race and at most one runtime restart is in progress on this node.
+
+Everything the controller does to the cluster goes through two narrow interfaces — a
+`Recorder` for Events and a `Cluster` for the few reads and patches it needs — so tests can
+drive it directly and the daemon wires it to the real API.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from agent import gate as g
+from agent.detect import (
+    PodPullFailure,
+    PullFailure,
+    pull_failure_from_event,
+    pull_failures_from_pod,
+)
+from agent.errors import AgentError, PolicyError
+from agent.flights import Flights
+from agent.hostport import HostPort, parse_hostport
+from agent.ledger import LedgerEntry
+from agent.policy import DEFAULT_POLICY, Policy, parse_policy
+from agent.remediate import Engine, InstallRequest, Result
+
+log = logging.getLogger(__name__)
+
+OPT_IN_ANNOTATION = "ca-trust-agent.io/remediate"
+POLICY_KEY = "policy.yaml"
+EXPIRY_WARNING = timedelta(days=30)
+# A pod in ImagePullBackOff whose status carries no error text (kubelet < 1.32) or stuck
+# creating its sandbox: its Events are looked up at most this often.
+EVENT_LOOKUP_INTERVAL = 30.0
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+class Recorder(Protocol):
+    def node(self, node_name: str, type: str, reason: str, message: str) -> None: ...
+
+    def pod(
+        self, namespace: str, name: str, uid: str, type: str, reason: str, message: str
+    ) -> None: ...
+
+
+class Cluster(Protocol):
+    def pod_events(self, namespace: str, uid: str) -> list[Mapping[str, Any]]: ...
+
+    def set_trusted_registries(self, node_name: str, keys: Sequence[str]) -> None: ...
+
+
+class Metrics(Protocol):
+    def record_remediation(self, result: str, duration_seconds: float) -> None: ...
+
+    def record_runtime_restart(self, runtime: str, result: str) -> None: ...
+
+    def set_trusted(self, not_after: Mapping[str, datetime]) -> None: ...
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass
+class _Work:
+    kind: str  # "failure" | "lookup" | "sync" | "reconcile" | "stop"
+    pod: PodRef | None = None
+    failure: PullFailure | None = None
+    image: str | None = None
+
+
+@dataclass
+class Controller:
+    node_name: str
+    engine: Engine
+    recorder: Recorder
+    cluster: Cluster
+    metrics: Metrics | None = None
+    flights: Flights = field(default_factory=lambda: Flights(clock=time.monotonic))
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    opted_in: bool = False
+    runtime: str | None = None
+    policy: Policy = DEFAULT_POLICY
+    policy_loaded: bool = False  # a policy came from the ConfigMap: removals are allowed
+    _queue: queue.Queue[_Work] = field(default_factory=queue.Queue)
+    _lookups: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_policy_error: str | None = None
+
+    # ------------------------------------------------------------ watch side
+
+    def on_node(self, obj: Mapping[str, Any] | None) -> None:
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        opted = annotations.get(OPT_IN_ANNOTATION) == "enabled"
+        version = (((obj or {}).get("status") or {}).get("nodeInfo") or {}).get(
+            "containerRuntimeVersion"
+        )
+        with self._lock:
+            was = self.opted_in
+            self.opted_in = opted
+            self.runtime = version.split("://", 1)[0] if isinstance(version, str) else None
+        if opted and not was:
+            log.info("node %s opted in", self.node_name)
+            self._queue.put(_Work("sync"))
+        elif was and not opted:
+            log.info("node %s opted out: idle", self.node_name)
+
+    def on_policy(self, obj: Mapping[str, Any] | None) -> None:
+        """A ConfigMap event. Deleted or broken: keep the last good policy and say so."""
+        if obj is None:
+            self._policy_problem(
+                "ConfigMap ca-trust-agent was deleted; keeping the last good policy"
+            )
+            return
+        text = (obj.get("data") or {}).get(POLICY_KEY)
+        if text is None:
+            self._policy_problem(
+                f"ConfigMap ca-trust-agent has no key {POLICY_KEY}; keeping the last good policy"
+            )
+            return
+        try:
+            policy = parse_policy(text)
+        except PolicyError as exc:
+            self._policy_problem(f"policy.yaml is invalid, keeping the last good policy: {exc}")
+            return
+        with self._lock:
+            changed = policy != self.policy or not self.policy_loaded
+            self.policy = policy
+            self.policy_loaded = True
+            self._last_policy_error = None
+        if changed:
+            log.info(
+                "policy loaded: %d registries, scope %s, dryRun %s",
+                len(policy.registries),
+                policy.scope,
+                policy.dry_run,
+            )
+            for key in list(self.flights._states):
+                self.flights.forget(key)
+            self._queue.put(_Work("sync"))
+
+    def _policy_problem(self, message: str) -> None:
+        with self._lock:
+            if message == self._last_policy_error:
+                return
+            self._last_policy_error = message
+        log.warning("%s", message)
+        self.recorder.node(self.node_name, WARNING, "PolicyInvalid", message)
+
+    def on_pod(self, obj: Mapping[str, Any]) -> None:
+        if not self.opted_in:
+            return
+        meta = obj.get("metadata") or {}
+        ref = PodRef(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
+        for ppf in pull_failures_from_pod(obj):
+            if ppf.failure is not None:
+                self._queue.put(_Work("failure", ref, ppf.failure, ppf.image))
+            else:
+                self._maybe_lookup(ref, ppf)
+        if _creating_sandbox(obj):
+            self._maybe_lookup(ref, None)
+
+    def _maybe_lookup(self, ref: PodRef, ppf: PodPullFailure | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._lookups.get(ref.uid, -1e9) < EVENT_LOOKUP_INTERVAL:
+                return
+            self._lookups[ref.uid] = now
+            if len(self._lookups) > 10000:  # bounded: forget the oldest half
+                for uid, _ in sorted(self._lookups.items(), key=lambda kv: kv[1])[:5000]:
+                    del self._lookups[uid]
+        self._queue.put(_Work("lookup", ref, image=ppf.image if ppf else None))
+
+    def request_reconcile(self) -> None:
+        self._queue.put(_Work("reconcile"))
+
+    def stop(self) -> None:
+        self._queue.put(_Work("stop"))
+
+    # ----------------------------------------------------------- worker side
+
+    def work(self, stop: threading.Event) -> None:
+        """The worker loop: one item at a time until stopped."""
+        while not stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item.kind == "stop":
+                return
+            try:
+                self.process(item)
+            except Exception:  # the loop must survive anything one item does
+                log.exception("work item %s failed", item.kind)
+
+    def drain(self) -> None:
+        """Process everything queued (tests and shutdown)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item.kind != "stop":
+                self.process(item)
+
+    def process(self, item: _Work) -> None:
+        if item.kind == "failure" and item.failure is not None and item.pod is not None:
+            self.handle_failure(item.pod, item.failure)
+        elif item.kind == "lookup" and item.pod is not None:
+            self._lookup(item.pod, item.image)
+        elif item.kind == "sync":
+            self.sync_policy()
+        elif item.kind == "reconcile":
+            self.reconcile()
+
+    def _lookup(self, pod: PodRef, image: str | None) -> None:
+        try:
+            events = self.cluster.pod_events(pod.namespace, pod.uid)
+        except Exception as exc:
+            log.warning("cannot list events of pod %s/%s: %s", pod.namespace, pod.name, exc)
+            return
+        newest = sorted(events, key=_event_time, reverse=True)
+        for ev in newest:
+            failure = pull_failure_from_event(ev, image)
+            if failure is not None:
+                self.handle_failure(pod, failure)
+                return
+
+    # ------------------------------------------------------------ decisions
+
+    def handle_failure(self, pod: PodRef, failure: PullFailure) -> None:
+        with self._lock:
+            opted_in, policy = self.opted_in, self.policy
+        verdict = g.gate(failure, opted_in=opted_in, policy=policy)
+        if verdict.action == g.IGNORE:
+            return
+        key = verdict.endpoint.key if verdict.endpoint else failure.message[:200]
+        if not self.flights.admit(key):
+            return  # one remediation per host: this one is in flight or backing off
+        if verdict.action in (g.DENY, g.REPORT):
+            assert verdict.event_reason is not None
+            self._both(pod, WARNING, verdict.event_reason, verdict.message)
+            if self.metrics:
+                self.metrics.record_remediation(
+                    "not-allowed" if verdict.action == g.DENY else "not-remediable", 0.0
+                )
+            self.flights.failed(key)
+            return
+        assert verdict.endpoint is not None
+        self._both(pod, WARNING, "UntrustedRegistryDetected", verdict.message)
+        req = InstallRequest(
+            endpoint=verdict.endpoint,
+            registry=verdict.registry,
+            scope=policy.scope,
+            restart=policy.restart,
+            pins=verdict.pins,
+            dry_run=policy.dry_run,
+            allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+        )
+        self._install(req, pod, key)
+
+    def _install(self, req: InstallRequest, pod: PodRef | None, key: str) -> Result | None:
+        t0 = time.perf_counter()
+        try:
+            result = self.engine.install(req)
+        except AgentError as exc:
+            delay = self.flights.failed(key)
+            msg = (
+                f"Could not trust {req.endpoint.key} ({exc.kind}): {exc}. "
+                f"Nothing was changed; next attempt in {delay:.0f}s at the earliest"
+            )
+            self._report(pod, WARNING, "CATrustFailed", msg)
+            if self.metrics:
+                self.metrics.record_remediation("failed", time.perf_counter() - t0)
+            return None
+        self.flights.succeeded(key)
+        self._report_result(result, pod)
+        if self.metrics:
+            self.metrics.record_remediation(_metric_result(result), time.perf_counter() - t0)
+        self._publish()
+        return result
+
+    def _report_result(self, result: Result, pod: PodRef | None) -> None:
+        anchor = result.anchor
+        what = f"{anchor.subject} ({anchor.sha256})" if anchor is not None else "the CA"
+        where = f"{result.scope} scope ({', '.join(result.stores)})"
+        if result.status == "dry-run":
+            self._report(
+                pod,
+                NORMAL,
+                "CATrustDryRun",
+                f"Dry run: would trust {what} for {result.endpoint.key} in {where}; "
+                f"plan: {len(result.actions)} steps; nothing was changed",
+            )
+            return
+        if result.status == "unchanged":
+            log.info("%s already trusted", result.endpoint.key)
+            return
+        self._report(
+            pod,
+            NORMAL,
+            "CATrusted",
+            f"Trusted {what} for {result.endpoint.key} in {where}; {result.next_step}",
+        )
+        for rt in result.restarted:
+            self.recorder.node(
+                self.node_name,
+                NORMAL,
+                "ContainerRuntimeRestarted",
+                f"Restarted {rt} so it reloads the system trust store for "
+                f"{result.endpoint.key}; it answers again",
+            )
+            if self.metrics:
+                self.metrics.record_runtime_restart(rt, "ok")
+        err = result.restart_error
+        if err is not None:
+            reason = "ContainerRuntimeRestartRefused"
+            self.recorder.node(
+                self.node_name,
+                WARNING,
+                reason,
+                f"{err}; the CA for {result.endpoint.key} is installed but pulls "
+                "keep failing until the runtime restarts",
+            )
+            if self.metrics:
+                self.metrics.record_runtime_restart(",".join(self.engine.runtimes) or "?", err.kind)
+
+    def _report(self, pod: PodRef | None, type_: str, reason: str, message: str) -> None:
+        if pod is None:
+            self.recorder.node(self.node_name, type_, reason, message)
+        else:
+            self._both(pod, type_, reason, message)
+
+    def _both(self, pod: PodRef, type_: str, reason: str, message: str) -> None:
+        self.recorder.node(self.node_name, type_, reason, message)
+        self.recorder.pod(pod.namespace, pod.name, pod.uid, type_, reason, message)
+
+    # ------------------------------------------------------ declarative side
+
+    def sync_policy(self) -> None:
+        """Apply declared caPEM entries; remove what the policy no longer allows."""
+        with self._lock:
+            opted_in, policy, loaded = self.opted_in, self.policy, self.policy_loaded
+        if not opted_in:
+            return
+        try:
+            self.engine.recover()
+        except AgentError as exc:
+            log.warning("ledger recovery failed: %s", exc)
+        for endpoint, pem, pins in policy.declared():
+            req = InstallRequest(
+                endpoint=endpoint,
+                scope=policy.scope,
+                restart=policy.restart,
+                pins=pins,
+                ca_pem=pem,
+                source="policy",
+                dry_run=policy.dry_run,
+                allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+            )
+            self._install(req, None, endpoint.key)
+        if loaded:
+            self._remove_delisted(policy)
+        self._publish()
+
+    def _remove_delisted(self, policy: Policy) -> None:
+        declared = {hp.key: pem for hp, pem, _ in policy.declared()}
+        for key, entry in sorted(self._entries().items()):
+            reason = _delisted_reason(entry, policy, declared)
+            if reason is None:
+                continue
+            if policy.dry_run:
+                self.recorder.node(
+                    self.node_name,
+                    NORMAL,
+                    "CATrustDryRun",
+                    f"Dry run: would remove the CA for {key} ({reason})",
+                )
+                continue
+            try:
+                result = self.engine.remove(
+                    parse_hostport(key),
+                    restart=policy.restart,
+                    allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+                )
+            except AgentError as exc:
+                self.recorder.node(
+                    self.node_name,
+                    WARNING,
+                    "CATrustFailed",
+                    f"Could not remove the CA for {key}: {exc}",
+                )
+                continue
+            self.recorder.node(
+                self.node_name,
+                NORMAL,
+                "CARemoved",
+                f"Removed the CA {entry.anchor_subject} ({entry.sha256}) for {key}: "
+                f"{reason}; {result.next_step}",
+            )
+
+    def reconcile(self) -> None:
+        """Periodic: converge half-done work, re-apply policy, recreate deleted anchors,
+        warn about anchors that expire within 30 days."""
+        with self._lock:
+            opted_in = self.opted_in
+        if not opted_in:
+            return
+        self.sync_policy()
+        now = self.clock()
+        for key, entry in sorted(self._entries().items()):
+            if entry.state == "installed" and not all(
+                self.engine.fs.exists(f) for f in entry.files
+            ):
+                self._repair(key, entry)
+            not_after = _parse_time(entry.not_after)
+            if not_after is not None and not_after - now < EXPIRY_WARNING:
+                days = (not_after - now).days
+                self.recorder.node(
+                    self.node_name,
+                    WARNING,
+                    "CAExpiringSoon",
+                    f"The CA {entry.anchor_subject} ({entry.sha256}) trusted for {key} "
+                    + (f"expires in {days} days" if days >= 0 else f"expired {-days} days ago")
+                    + f" ({entry.not_after}); renew it at the registry",
+                )
+        self._publish()
+
+    def _repair(self, key: str, entry: LedgerEntry) -> None:
+        """Someone deleted our anchor file: put it back the same way it was installed."""
+        log.warning("anchor for %s is missing on disk, re-creating it", key)
+        with self._lock:
+            policy = self.policy
+        pem = getattr(entry, "pem", None)
+        req = InstallRequest(
+            endpoint=parse_hostport(key),
+            registry=parse_hostport(entry.registry),
+            scope=entry.scope,
+            restart=policy.restart,
+            ca_pem=pem.encode() if isinstance(pem, str) and pem else None,
+            source="policy" if pem else entry.source,
+            pins=(entry.sha256,),
+            allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+        )
+        self._install(req, None, key)
+
+    def _entries(self) -> dict[str, LedgerEntry]:
+        try:
+            return self.engine.entries()
+        except AgentError as exc:
+            self.recorder.node(
+                self.node_name, WARNING, "CATrustFailed", f"ledger unreadable: {exc}"
+            )
+            return {}
+
+    def _publish(self) -> None:
+        entries = self._entries()
+        installed = sorted(k for k, e in entries.items() if e.state == "installed")
+        try:
+            self.cluster.set_trusted_registries(self.node_name, installed)
+        except Exception as exc:
+            log.warning("cannot update the node annotation: %s", exc)
+        if self.metrics:
+            times = {
+                k: t for k, e in entries.items() if (t := _parse_time(e.not_after)) is not None
+            }
+            self.metrics.set_trusted(times)
+
+
+def _delisted_reason(
+    entry: LedgerEntry, policy: Policy, declared: Mapping[str, bytes]
+) -> str | None:
+    try:
+        endpoint = parse_hostport(entry.endpoint)
+        registry = parse_hostport(entry.registry)
+    except AgentError:
+        return "its ledger key is not a valid host:port"
+    if entry.source == "policy" and entry.endpoint not in declared:
+        return "its caPEM entry was removed from policy.yaml"
+    if not policy.decide(endpoint).allowed:
+        return f"{endpoint.key} is no longer allowed by policy.yaml"
+    if registry != endpoint and not policy.decide(registry).allowed:
+        return f"the registry {registry.key} is no longer allowed by policy.yaml"
+    return None
+
+
+def _metric_result(result: Result) -> str:
+    if result.status == "dry-run":
+        return "dry-run"
+    if result.status == "unchanged":
+        return "unchanged"
+    if result.restart_error is not None:
+        return "restart-" + result.restart_error.kind
+    return "trusted"
+
+
+def _creating_sandbox(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending":
+        return False
+    for cs in status.get("containerStatuses") or []:
+        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == "ContainerCreating":
+            return True
+    return not status.get("containerStatuses") and any(
+        (c or {}).get("type") == "PodScheduled" for c in status.get("conditions") or []
+    )
+
+
+def _event_time(ev: Mapping[str, Any]) -> str:
+    return str(ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp") or "")
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+
+
+__all__ = ["Cluster", "Controller", "HostPort", "PodRef", "Recorder"]

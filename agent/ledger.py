@@ -1,0 +1,141 @@
+"""The ledger: what the agent installed on this node, and what it was about to do.
+
+It is an intent log: an entry is written as "installing" before any trust file, switched to
+"installed" after refresh and verify, and "removing" before files are deleted. A run that
+finds a non-final state knows exactly which files and directories to converge. It is the
+only record of what we may delete, so a corrupt ledger is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from agent.errors import LedgerError
+from agent.host import HostFS
+
+LEDGER_DIR = "/var/lib/ca-trust-agent"
+LEDGER_PATH = f"{LEDGER_DIR}/ledger.json"
+VERSION = 1
+STATES = ("installing", "installed", "removing")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    endpoint: str  # HostPort.key of the host whose chain we trust: the ledger key
+    registry: str  # HostPort.key of the image registry (== endpoint from the CLI)
+    state: str  # "installing" | "installed" | "removing"
+    scope: str
+    stores: tuple[str, ...]
+    files: tuple[str, ...]  # host paths we wrote
+    dirs: tuple[str, ...]  # host paths of directories we created (removed if empty)
+    refresh: tuple[tuple[str, ...], ...]
+    anchor_subject: str
+    sha256: str
+    not_after: str  # ISO 8601 UTC
+    installed_at: str
+    restarted: tuple[str, ...]
+    source: str  # "fetched" | "ca-file" | "policy"
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"ledger state {self.state!r} is not one of {', '.join(STATES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LedgerEntry:
+        """Strictly typed: a ledger we cannot fully understand must not drive deletions."""
+        if not isinstance(data, dict):
+            raise ValueError("entry is not an object")
+        expected = {f.name for f in fields(cls)}
+        if set(data) != expected:
+            missing, extra = expected - set(data), set(data) - expected
+            raise ValueError(f"fields missing {sorted(missing)} / unknown {sorted(extra)}")
+        values: dict[str, Any] = {}
+        for name in expected:
+            value = data[name]
+            if name == "refresh":
+                values[name] = tuple(_strings(v, name) for v in _list(value, name))
+            elif name in ("stores", "files", "dirs", "restarted"):
+                values[name] = _strings(value, name)
+            elif isinstance(value, str):
+                values[name] = value
+            else:
+                raise ValueError(f"{name} is not a string")
+        return cls(**values)
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{name} is not a list")
+    return value
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    items = _list(value, name)
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{name} holds something other than strings")
+    return tuple(items)
+
+
+class Ledger:
+    def __init__(self, fs: HostFS) -> None:
+        self.fs = fs
+
+    @property
+    def path(self) -> str:
+        return LEDGER_PATH
+
+    def entries(self) -> dict[str, LedgerEntry]:
+        """All entries by endpoint key; empty when there is no ledger yet."""
+        data = self.fs.read_bytes(LEDGER_PATH, limit=16 << 20)
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise ValueError("top level is not an object")
+            if doc.get("version") != VERSION:
+                raise ValueError(f"version {doc.get('version')!r}, this agent reads {VERSION}")
+            raw = doc.get("entries")
+            if not isinstance(raw, dict):
+                raise ValueError("'entries' is not an object")
+            result = {}
+            for key, value in raw.items():
+                entry = LedgerEntry.from_json(value)
+                if entry.endpoint != key:
+                    raise ValueError(f"entry {key!r} names endpoint {entry.endpoint!r}")
+                result[key] = entry
+            return result
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LedgerError(self._corrupt_message(str(exc)), kind="corrupt") from exc
+
+    def _corrupt_message(self, why: str) -> str:
+        real = self.fs.real(LEDGER_PATH)
+        return (
+            f"the ledger {real} is unreadable ({why}). It is left untouched: nothing will be "
+            "installed or removed until it is fixed. To recover, inspect it, then either repair "
+            f"it or move it aside (mv {real} {real}.bad) to start empty; files named "
+            "ca-trust-agent-* that it listed stay on disk and can be removed by hand "
+            "(then run the store's refresh command)"
+        )
+
+    def put(self, entry: LedgerEntry) -> None:
+        current = self.entries()
+        current[entry.endpoint] = entry
+        self._write(current)
+
+    def delete(self, endpoint: str) -> None:
+        """Drop an entry; deleting what is not there is not an error (convergence re-runs)."""
+        current = self.entries()
+        if current.pop(endpoint, None) is not None:
+            self._write(current)
+
+    def _write(self, entries: dict[str, LedgerEntry]) -> None:
+        doc = {"version": VERSION, "entries": {k: e.to_json() for k, e in entries.items()}}
+        text = json.dumps(doc, sort_keys=True, indent=2) + "\n"
+        self.fs.makedirs(LEDGER_DIR, mode=0o700)
+        self.fs.write_atomic(LEDGER_PATH, text.encode("utf-8"), mode=0o600)

@@ -48,7 +48,7 @@ class Flights:
         st = self._states.setdefault(key, _State())
         st.in_flight = False
         st.failures += 1
-        delay = min(self.cap, self.base * 2 ** (st.failures - 1))
+        delay = min(self.cap, self.base * 2.0 ** (st.failures - 1))
         delay *= 1 + self.jitter * (2 * self.rng.random() - 1)
         st.quiet_until = self.clock() + delay
         return delay

@@ -118,7 +118,9 @@ class Metrics:
     def record_watch_restart(self, resource: str, reason: str) -> None:
         self.watch_restarts.labels(resource=resource, reason=reason).inc()
 
-    def record_event_dropped(self) -> None:
+    def record_event_dropped(self, reason: str = "") -> None:
+        """Count a dropped Event. `reason` (rate-limited, api-error, ...) is accepted so this
+        fits EventRecorder's on_drop callback; it is logged there, not a label here."""
         self.events_dropped.inc()
 
     def set_trusted(self, not_after: Mapping[str, datetime]) -> None:
@@ -208,7 +210,7 @@ class _MetricsHTTPServer(ThreadingHTTPServer):
 class MetricsServer:
     """Handle on a running endpoint: where it listens, and how to stop it."""
 
-    address: str
+    host: str
     port: int
     _server: _MetricsHTTPServer
     _thread: threading.Thread
@@ -222,17 +224,20 @@ class MetricsServer:
 def serve(
     metrics: Metrics,
     *,
+    host: str = DEFAULT_ADDRESS,
     port: int = DEFAULT_PORT,
-    address: str = DEFAULT_ADDRESS,
-    ready: ReadinessCheck = always_ready,
+    readiness: ReadinessCheck = always_ready,
 ) -> MetricsServer:
-    """Start /metrics, /healthz and /readyz in a daemon thread; port 0 picks a free port."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    server = _MetricsHTTPServer((address, port), metrics.registry, ready, family)
+    """Start /metrics, /healthz and /readyz in a daemon thread; port 0 picks a free port.
+
+    `host` is the bind address (an IPv4 or IPv6 literal; "0.0.0.0" for every interface).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = _MetricsHTTPServer((host, port), metrics.registry, readiness, family)
     thread = threading.Thread(
         target=server.serve_forever, name="metrics-http", kwargs={"poll_interval": 0.5}, daemon=True
     )
     thread.start()
     bound_port = int(server.server_address[1])
-    log.info("metrics endpoint listening", extra={"address": address, "port": bound_port})
-    return MetricsServer(address=address, port=bound_port, _server=server, _thread=thread)
+    log.info("metrics endpoint listening", extra={"address": host, "port": bound_port})
+    return MetricsServer(host=host, port=bound_port, _server=server, _thread=thread)

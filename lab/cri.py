@@ -30,7 +30,7 @@ _lock = threading.Lock()
 
 
 def _compile() -> None:
-    from grpc_tools import protoc  # noqa: PLC0415 - only needed when the stubs are stale
+    from grpc_tools import protoc  # only needed when the stubs are stale
 
     OUT.mkdir(exist_ok=True)
     # compile beside, then rename file by file: a concurrent importer never sees half a file

@@ -121,7 +121,8 @@ class Dockerd:
         )
 
     def ping(self) -> bool:
-        return self.cli("version", "--format", "{{json .Server.Version}}", timeout=10).returncode == 0
+        probe = self.cli("version", "--format", "{{json .Server.Version}}", timeout=10)
+        return probe.returncode == 0
 
     def version(self) -> str:
         out = self.cli("version", "--format", "{{json .Server.Version}}").stdout

@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by path: make `lab` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.procs import (  # noqa: E402 - after the sys.path fix above
+from lab.procs import (  # after the sys.path fix above
     LabError,
     clean_env,
     log_tail,

@@ -78,7 +78,7 @@ def reexec_in_private_mount_namespace(argv: Sequence[str] | None = None) -> NoRe
     """
     args = list(argv) if argv is not None else list(sys.orig_argv[1:])
     cmd = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, *args]
-    os.execvp(cmd[0], cmd)
+    os.execvp(cmd[0], cmd)  # noqa: S606 - an argv, no shell involved
 
 
 def _run(*argv: str) -> None:

@@ -41,7 +41,7 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def server(metrics: Metrics) -> Iterator[MetricsServer]:
-    handle = serve(metrics, port=0, address="127.0.0.1")
+    handle = serve(metrics, port=0, host="127.0.0.1")
     yield handle
     handle.stop()
 
@@ -56,7 +56,7 @@ def test_scrape_exports_every_agent_metric_with_the_prefix(
     metrics.record_remediation("trusted", 1.5)
     metrics.record_runtime_restart("containerd", "ok")
     metrics.record_watch_restart("pods", "expired")
-    metrics.record_event_dropped()
+    metrics.record_event_dropped("rate-limited")
     metrics.set_trusted({"registry.test:5443": datetime(2030, 1, 1, tzinfo=UTC)})
 
     status, content_type, body = get(server, "/metrics")
@@ -122,7 +122,7 @@ def test_readyz_is_200_by_default(server: MetricsServer) -> None:
 
 def test_readyz_follows_the_readiness_callable_and_names_the_reason(metrics: Metrics) -> None:
     state = {"now": Readiness(False, "waiting for the first policy")}
-    handle = serve(metrics, port=0, address="127.0.0.1", ready=lambda: state["now"])
+    handle = serve(metrics, port=0, host="127.0.0.1", readiness=lambda: state["now"])
     try:
         assert get(handle, "/readyz")[0::2] == (503, "waiting for the first policy\n")
         state["now"] = Readiness(True)
@@ -135,7 +135,7 @@ def test_a_failing_readiness_check_reads_as_not_ready(metrics: Metrics) -> None:
     def broken() -> Readiness:
         raise RuntimeError("informer cache gone")
 
-    handle = serve(metrics, port=0, address="127.0.0.1", ready=broken)
+    handle = serve(metrics, port=0, host="127.0.0.1", readiness=broken)
     try:
         status, _, body = get(handle, "/readyz")
         assert status == 503
@@ -156,12 +156,12 @@ def test_query_strings_do_not_change_the_route(server: MetricsServer) -> None:
 
 def test_port_zero_binds_a_free_port_and_reports_it(server: MetricsServer) -> None:
     assert server.port > 0
-    assert server.address == "127.0.0.1"
+    assert server.host == "127.0.0.1"
 
 
 def test_server_runs_in_a_daemon_thread_and_stop_releases_the_port(metrics: Metrics) -> None:
     """A daemon thread never holds the agent up at exit; after stop() nothing listens."""
-    handle = serve(metrics, port=0, address="127.0.0.1")
+    handle = serve(metrics, port=0, host="127.0.0.1")
     threads = [t for t in threading.enumerate() if t.name == "metrics-http"]
     assert threads and all(t.daemon for t in threads)
     handle.stop()
@@ -178,3 +178,14 @@ def test_openmetrics_is_served_when_the_scraper_asks_for_it(server: MetricsServe
         body = resp.read().decode()
         assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.rstrip().endswith("# EOF")
+
+
+def test_an_ipv6_bind_address_serves_over_ipv6(metrics: Metrics) -> None:
+    """IPv6-only clusters pass `--metrics-address [::]:9402`; here on loopback."""
+    handle = serve(metrics, port=0, host="::1")
+    try:
+        url = f"http://[::1]:{handle.port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        handle.stop()

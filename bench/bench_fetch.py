@@ -1,0 +1,147 @@
+"""Whole-process time of `ca-trust-agent fetch` against `openssl s_client -showcerts`.
+
+Not a test: it prints numbers and asserts nothing. Starts a lab TLS server on loopback
+(leaf + intermediate, EC P-256), then runs each command N times, round-robin so drift
+hits every command alike, after one warm-up run each (page cache, .pyc files).
+
+    .venv/bin/python bench/bench_fetch.py [-n 20]
+
+Rows:
+  openssl s_client     the reference: `openssl s_client -showcerts -connect ... </dev/null`
+  python (floor)       `python -c pass`: the interpreter alone, a floor no Python tool beats
+  fetch_chain          `python -c` importing agent.chain and fetching (no analysis, no output)
+  fetch + analyze      the same plus agent.trust.analyze (what `fetch` decides)
+  cli fetch            `python -m agent fetch 127.0.0.1:PORT` (skipped if the CLI fails)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lab.pki import make_pki  # noqa: E402 - needs the repo on sys.path when run as a script
+from lab.tlsserver import TLSServer  # noqa: E402
+
+_DROP = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Result:
+    case: Case
+    seconds: tuple[float, ...]
+    failed: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def p90(self) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _run(
+    argv: Sequence[str], env: dict[str, str]
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    return time.perf_counter() - start, done
+
+
+def cases(port: int) -> list[Case]:
+    py = sys.executable
+    target = f"127.0.0.1:{port}"
+    fetch = (
+        "from agent.chain import fetch_chain; from agent.hostport import HostPort; "
+        f"fetch_chain(HostPort('127.0.0.1', {port}))"
+    )
+    analyze = (
+        "import datetime as dt; from agent.chain import fetch_chain; "
+        "from agent.hostport import HostPort; from agent.trust import analyze; "
+        f"c = fetch_chain(HostPort('127.0.0.1', {port})); "
+        "analyze(c.certs, c.target, now=dt.datetime.now(dt.UTC))"
+    )
+    return [
+        Case("openssl s_client", ("openssl", "s_client", "-showcerts", "-connect", target)),
+        Case("python (floor)", (py, "-c", "pass")),
+        Case("fetch_chain", (py, "-c", fetch)),
+        Case("fetch + analyze", (py, "-c", analyze)),
+        Case("cli fetch", (py, "-m", "agent", "fetch", target)),
+    ]
+
+
+def measure(all_cases: Sequence[Case], n: int) -> list[Result]:
+    env = _env()
+    failed: dict[str, str] = {}
+    for case in all_cases:  # warm-up, and find out which commands work at all
+        _, done = _run(case.argv, env)
+        if done.returncode != 0:
+            failed[case.name] = (done.stderr or done.stdout).decode(errors="replace").strip()[-300:]
+    times: dict[str, list[float]] = {c.name: [] for c in all_cases}
+    for _ in range(n):
+        for case in all_cases:
+            if case.name not in failed:
+                times[case.name].append(_run(case.argv, env)[0])
+    return [Result(c, tuple(times[c.name]), failed.get(c.name)) for c in all_cases]
+
+
+def table(results: Sequence[Result]) -> str:
+    ref = next((r for r in results if r.case.name == "openssl s_client" and r.seconds), None)
+    lines = [f"{'command':<18} {'median ms':>10} {'p90 ms':>8} {'x openssl':>10}"]
+    for r in results:
+        if r.failed is not None:
+            lines.append(f"{r.case.name:<18} {'failed':>10}   {r.failed.splitlines()[-1][:60]}")
+            continue
+        ratio = f"{r.median / ref.median:.2f}" if ref else "-"
+        lines.append(f"{r.case.name:<18} {r.median * 1000:>10.1f} {r.p90 * 1000:>8.1f} {ratio:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20, help="runs per command (default 20)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
+        pki = make_pki(tmp, names=("localhost",), ips=("127.0.0.1",))
+        with TLSServer(pki.chain, pki.leaf) as server:
+            results = measure(cases(server.port), args.n)
+    print(f"N={args.n} runs each, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

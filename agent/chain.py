@@ -236,7 +236,9 @@ def _recv(sock: socket.socket, deadline: _Deadline, what: str) -> bytes:
         except BlockingIOError:
             continue
         except ConnectionResetError:
-            return b""
+            return b""  # reported like a close: the caller knows what it was waiting for
+        except OSError as exc:
+            raise FetchError(f"{what}: connection lost ({exc.strerror})", kind="not-tls") from exc
 
 
 def _tunnel(
@@ -401,7 +403,7 @@ def _retry_unreachable(
 
     tenacity is imported here, on the failure path only, to keep `fetch` fast.
     """
-    import tenacity  # noqa: PLC0415 - lazy: only the retry path pays for it
+    import tenacity  # lazy: only the retry path pays for it
 
     def unreachable(exc: BaseException) -> bool:
         return isinstance(exc, FetchError) and exc.kind == "unreachable"
@@ -462,7 +464,7 @@ def verify_handshake(
     checked against IP SANs). Partial chains are allowed: an intermediate alone is a
     valid anchor, as it is for containerd, docker and curl.
     """
-    import ssl  # noqa: PLC0415 - lazy: the fetch path never needs it
+    import ssl  # lazy: the fetch path never needs it
 
     name = sni if isinstance(sni, str) else target.host
     what = f"TLS verification of {target.key} with {cafile}"

@@ -489,7 +489,8 @@ def _ca_pem(
         return None
     value = entry["caPEM"]
     where = f"{path}.caPEM"
-    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+    # Any PEM block goes on to the parser, so a key pasted by mistake is named as such.
+    if not isinstance(value, str) or "-----BEGIN " not in value:
         errors.add(where, "must be PEM text with at least one -----BEGIN CERTIFICATE----- block")
         return None
     if len(value) > MAX_CA_PEM_BYTES:

@@ -91,6 +91,10 @@ class Result:
                 + " and ".join(self.restart_required)
                 + " restart (restart: never)"
             )
+        if self.status == "removed":
+            if self.restarted:
+                return "restarted " + ", ".join(self.restarted) + "; the CA is no longer trusted"
+            return "the CA is no longer trusted for pulls from this registry"
         if self.restarted:
             return "restarted " + ", ".join(self.restarted) + "; pulls use the new trust now"
         if self.scope == "registry":

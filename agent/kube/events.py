@@ -233,8 +233,7 @@ class EventRecorder:
     def node(self, node_name: str, type_: str, reason: str, message: str) -> None:
         self.record(node_ref(node_name), type_, reason, message)
 
-    # Positional like node(): the daemon's call sites read as one sentence.
-    def pod(self, namespace: str, name: str, uid: str, type_: str, reason: str,  # noqa: PLR0917
+    def pod(self, namespace: str, name: str, uid: str, type_: str, reason: str,
             message: str) -> None:
         self.record(pod_ref(namespace, name, uid), type_, reason, message)
 

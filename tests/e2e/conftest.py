@@ -168,8 +168,14 @@ def node_containerd(
 
 
 @pytest.fixture(scope="session")
-def lab_dockerd(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    """dockerd reading the sandbox's private /etc/docker/certs.d."""
+def lab_dockerd(
+    sandbox: Sandbox, lab_netns: NetnsHost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dockerd]:
+    """dockerd reading the sandbox's private /etc/docker/certs.d.
+
+    Started after the netns name is in /etc/hosts: Go caches the hosts file for 5 s after
+    a daemon's first lookup, and a name added later would not resolve in the meantime.
+    """
     began = time.monotonic()
     with run_dockerd(dockerd_layout(tmp_path_factory.mktemp("dockerd"))) as daemon:
         timing("dockerd start", time.monotonic() - began)

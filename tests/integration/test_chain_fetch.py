@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,23 @@ def test_refused_port_is_unreachable() -> None:
 
 def test_refused_port_is_retried_then_still_unreachable() -> None:
     fetch_error(local(_closed_port()), "unreachable", retries=2, timeout=5)
+
+
+def test_a_server_that_comes_up_during_the_retries_is_reached(pki: PKI) -> None:
+    """Refused connections are retried with backoff inside the deadline."""
+    port = _closed_port()
+    started: list[TLSServer] = []
+    timer = threading.Timer(
+        0.02, lambda: started.append(TLSServer(pki.chain, pki.leaf, port=port).start())
+    )
+    timer.start()
+    try:
+        fetched = fetch_chain(local(port), retries=10, timeout=8)
+    finally:
+        timer.join()
+        for srv in started:
+            srv.stop()
+    assert fetched.certs[0].sha256 == pki.leaf.sha256
 
 
 def test_silent_server_times_out_at_the_deadline() -> None:

@@ -44,6 +44,10 @@ class FailingEventsApi(FakeApiServer):
         self.code = code
         self.failing = True
 
+    def __enter__(self) -> FailingEventsApi:
+        self.start()
+        return self
+
     def handle(self, method: str, route: Any, query: dict[str, str], body: Any,
                content_type: str) -> tuple[int, JSON]:
         if self.failing and route.kind.plural == "events":

@@ -1,0 +1,64 @@
+"""The product end to end on dockerd: /etc/docker/certs.d fixes a pull with no restart.
+
+dockerd never shows an x509 error for a 127.0.0.0/8 registry (it treats loopback as
+insecure), so this registry runs in a network namespace of the lab's own and is reached
+as registry-ns.test:5443. The agent writes /etc/docker/certs.d/<host:port>/ -- private to
+the sandbox's mount namespace, which dockerd reads on every pull. Root + private mount
+namespace only; see conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.dockerd import Dockerd
+from tests.e2e.conftest import LabRegistry, agent_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+X509_UNKNOWN = "x509: certificate signed by unknown authority"
+DOCKER_CERTS_D = Path("/etc/docker/certs.d")
+
+
+def docker_pull(daemon: Dockerd, image: str) -> tuple[bool, str]:
+    outcome = daemon.pull(image)
+    if outcome.ok:
+        daemon.remove_image(image)  # the next pull must reach the registry again
+    return outcome.ok, outcome.output
+
+
+def test_registry_scope_fixes_docker_pull_without_restart_and_remove_undoes_it(
+    lab_dockerd: Dockerd, netns_registry: LabRegistry
+) -> None:
+    registry = netns_registry
+    pid = lab_dockerd.pid
+    ok, output = docker_pull(lab_dockerd, registry.image)
+    assert not ok
+    assert X509_UNKNOWN in output
+
+    result = agent_cli(
+        "install", registry.target, "--scope", "registry", "--runtime", "docker", "--json"
+    )
+    assert result.returncode == 0, result.explain()
+    installed = result.json()
+    assert isinstance(installed, dict)
+    assert installed["status"] == "installed"
+    assert installed["restarted"] == []
+    ours = DOCKER_CERTS_D / registry.target / f"ca-trust-agent-{registry.safe_key}.crt"
+    assert ours.is_file()
+
+    ok, output = docker_pull(lab_dockerd, registry.image)
+    assert ok, output
+    assert lab_dockerd.pid == pid
+
+    result = agent_cli("remove", registry.target, "--runtime", "docker", "--json")
+    assert result.returncode == 0, result.explain()
+    assert json.loads(result.stdout)["status"] == "removed"
+    assert not (DOCKER_CERTS_D / registry.target).exists()
+    ok, output = docker_pull(lab_dockerd, registry.image)
+    assert not ok
+    assert X509_UNKNOWN in output
+    assert lab_dockerd.pid == pid

@@ -32,6 +32,7 @@ import os
 import random
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -176,12 +177,51 @@ def _fmt_addr(addr: tuple[object, ...]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_AddrInfo = list[
+    tuple[
+        socket.AddressFamily,
+        socket.SocketKind,
+        int,
+        str,
+        tuple[str, int] | tuple[str, int, int, int],
+    ]
+]
+
+
+def _resolve(host: str, port: int, deadline: _Deadline) -> _AddrInfo:
+    """getaddrinfo within the deadline: it blocks in libc (a dead DNS server holds it for
+    many seconds), so a name is resolved in a daemon thread we stop waiting for."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    outcome: list[_AddrInfo | OSError] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    worker.start()
+    worker.join(deadline.left_or_timeout(f"resolving {host}"))
+    if not outcome:
+        raise FetchError(
+            f"resolving {host}: no answer within {deadline.seconds:g} s", kind="timeout"
+        )
+    result = outcome[0]
+    if isinstance(result, OSError):
+        reason = result.strerror if isinstance(result, socket.gaierror) else str(result)
+        raise FetchError(f"cannot resolve {host}: {reason}", kind="resolve") from result
+    return result
+
+
 def _connect(host: str, port: int, deadline: _Deadline) -> tuple[socket.socket, str]:
     """Non-blocking connect to each resolved address in order, sharing the deadline."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise FetchError(f"cannot resolve {host}: {exc.strerror}", kind="resolve") from exc
+    infos = _resolve(host, port, deadline)
     failures: list[str] = []
     timed_out = False
     for i, (family, kind, proto, _, addr) in enumerate(infos):

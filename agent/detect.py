@@ -87,6 +87,8 @@ _IMAGE_PATTERNS = (
     re.compile(r'failed to resolve reference "([^"\n]{1,600})"', re.IGNORECASE),
     re.compile(r'failed to get sandbox image "([^"\n]{1,600})"', re.IGNORECASE),
     re.compile(r'back-off pulling image "([^"\n]{1,600})"', re.IGNORECASE),
+    # containers/image (CRI-O, podman) names the source transport-qualified, unquoted.
+    re.compile(r"initializing source docker://([^\s\"]{1,600}): "),
 )
 _IMAGE_SYNTAX = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._/:@\[\]+-]*")
 # kubelet < 1.32 writes only this for ImagePullBackOff: the cause is in the earlier Event.
@@ -105,9 +107,16 @@ class PullFailure:
     image: str | None  # the image reference as given (a "docker://" prefix dropped)
     registry: HostPort | None  # the image's registry; None when the image is unknown
     message: str  # the original text, truncated to MESSAGE_LIMIT_BYTES of UTF-8
-    x509: str = "unknown-authority"  # the Go error class: KINDS without "conflicting-ca"
+    x509: str = ""  # the Go error class: KINDS without "conflicting-ca" ("": from kind)
     hint: str | None = None  # signature error in Go's "(possibly because of ...)" hint
     hint_authority: str | None = None  # name of the candidate CA that did not verify
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown pull failure kind {self.kind!r}")
+        if not self.x509:  # built by hand (tests, other modules): the class follows the kind
+            derived = "unknown-authority" if self.kind == "conflicting-ca" else self.kind
+            object.__setattr__(self, "x509", derived)
 
     @property
     def remediable(self) -> bool:

@@ -293,8 +293,9 @@ def _unknown_keys(
     for key in mapping:
         if key in known:
             continue
-        path = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!r}"
-        guess = difflib.get_close_matches(str(key).lower(), list(lowered), n=1, cutoff=0.6)
+        name = key if isinstance(key, str) and len(key) <= 80 else _shown(key)
+        path = f"{prefix}{name}"
+        guess = difflib.get_close_matches(str(key)[:80].lower(), list(lowered), n=1, cutoff=0.6)
         hint = f"; did you mean {lowered[guess[0]]!r}?" if guess else ""
         errors.add(path, f"unknown key (known: {', '.join(known)}){hint}")
 

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from agent import failpoints
 from agent import plan as p
 from agent.errors import AgentError, ApplyError, InputError, RuntimeRestartError, StoreError
 from agent.host import HostFS, Runner
@@ -438,6 +439,7 @@ class Engine:
         intent: LedgerEntry | None = None
         for planned in actions:
             action = planned
+            failpoints.hit(f"apply:before:{type(action).__name__}")
             if isinstance(action, p.Restart):
                 try:
                     with (
@@ -461,6 +463,7 @@ class Engine:
                         f"{exc} — everything written was rolled back", kind=_apply_kind(action)
                     ) from exc
                 raise
+            failpoints.hit(f"apply:after:{type(action).__name__}")
             if isinstance(action, p.RecordLedger) and action.entry.state == "installing":
                 intent = action.entry
             done.append(action)

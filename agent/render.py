@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.errors import AgentError
-from agent.hostport import HostPort
-from agent.ledger import LedgerEntry
-from agent.plan import describe
-from agent.remediate import Result
-from agent.trust import Analysis, CertInfo
+if TYPE_CHECKING:  # `fetch` renders chains only: the engine's modules stay unloaded
+    from agent.errors import AgentError
+    from agent.hostport import HostPort
+    from agent.ledger import LedgerEntry
+    from agent.remediate import Result
+    from agent.trust import Analysis, CertInfo
 
 
 def _when(dt: datetime) -> str:
@@ -137,6 +137,8 @@ def chain_text(
 
 
 def result_dict(result: Result) -> dict[str, Any]:
+    from agent.plan import describe
+
     return {
         "endpoint": result.endpoint.key,
         "registry": result.registry.key,
@@ -162,6 +164,8 @@ def result_dict(result: Result) -> dict[str, Any]:
 
 
 def result_text(result: Result) -> str:
+    from agent.plan import describe
+
     verb = {
         "installed": "Trusted",
         "unchanged": "Already trusted, nothing changed:",

@@ -101,42 +101,43 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Names chain and the issuer's key verifies the signature."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    except (ValueError, TypeError, KeyError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
 
 def cert_from_der(der: bytes) -> CertInfo:
     """Parse one DER certificate; anything unparsable is TrustError("malformed")."""
+    der = bytes(der)
     try:
-        cert = _load(bytes(der))
-        subject = cert.subject.rfc4514_string()
-        issuer = cert.issuer.rfc4514_string()
-        exts = cert.extensions
-        try:
-            bc = exts.get_extension_for_class(x509.BasicConstraints).value
-            is_ca = bc.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        try:
-            san = exts.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = tuple(san.get_values_for_type(x509.DNSName))
-            ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-        except x509.ExtensionNotFound:
-            dns, ips = (), ()
-        not_before = cert.not_valid_before_utc
-        not_after = cert.not_valid_after_utc
-        serial = format(cert.serial_number, "X")
-    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        raise TrustError(f"not a valid X.509 certificate: {exc}", kind="malformed") from exc
+        return _cert_info(der, _load(der))
+    # The bytes come from an untrusted server: cryptography parses lazily and reports
+    # hostile encodings as ValueError, KeyError (unknown name tags), DuplicateExtension...
+    # all of which mean the same thing here.
+    except Exception as exc:
+        raise TrustError(f"not a valid X.509 certificate: {exc!r}", kind="malformed") from exc
+
+
+def _cert_info(der: bytes, cert: x509.Certificate) -> CertInfo:
+    exts = cert.extensions
+    try:
+        is_ca = exts.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    try:
+        san = exts.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
     return CertInfo(
-        der=bytes(der),
-        subject=subject,
-        issuer=issuer,
+        der=der,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
         sha256="sha256:" + hashlib.sha256(der).hexdigest().upper(),
-        serial=serial,
-        not_before=not_before,
-        not_after=not_after,
+        serial=format(cert.serial_number, "X"),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
         is_ca=is_ca,
         self_signed=cert.subject == cert.issuer and _issued_by(cert, cert),
         san_dns=dns,
@@ -401,7 +402,7 @@ def _verify(
     intermediates = [_x509(c) for c in chain[1:] if c.sha256 != anchor.sha256]
     try:
         verifier.verify(_x509(chain[0]), intermediates)
-    except xv.VerificationError as exc:
+    except (xv.VerificationError, ValueError) as exc:
         raise TrustError(
             f"the certificate of {target.host} does not verify to {anchor.subject}: {exc}",
             kind="invalid",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -64,11 +65,7 @@ def free_slash30(base: str = "198.18.100.0", tries: int = 64) -> tuple[str, str]
     raise LabError(f"no free /30 from {base}")
 
 
-def _cleanup(name: str, host_if: str) -> None:
-    # deleting the namespace destroys its veth end and with it the pair; the explicit
-    # link delete covers a failure between `link add` and moving the peer in
-    _ip("link", "del", host_if, check=False)
-    _ip("netns", "del", name, check=False)
+_serial = itertools.count()
 
 
 @contextlib.contextmanager
@@ -79,16 +76,20 @@ def netns_host(
     prefix: int = 30,
     name: str | None = None,
 ) -> Iterator[NetnsHost]:
-    """Create the namespace + veth pair; yield; always delete both."""
-    tag = name or f"cta{os.getpid()}"
+    """Create the namespace + veth pair; yield; always delete what was created."""
+    tag = name or f"cta{os.getpid() % 100000}-{next(_serial)}"
+    if len(tag) > 14:  # interface names are limited to 15 bytes
+        raise LabError(f"netns name {tag!r} too long")
     host = NetnsHost(
         name=tag,
-        host_if=f"{tag[:11]}h",
-        ns_if=f"{tag[:11]}n",
+        host_if=f"{tag}h",
+        ns_if=f"{tag}n",
         host_ip=host_ip,
         ns_ip=ns_ip,
         prefix=prefix,
     )
+    if exists(host.name) or link_exists(host.host_if):
+        raise LabError(f"netns {host.name} or link {host.host_if} already exists")
     for address in (host_ip, ns_ip):
         if address_in_use(address):
             raise LabError(f"{address} is already assigned on this machine")
@@ -103,7 +104,12 @@ def netns_host(
         _ip("-n", host.name, "link", "set", "lo", "up")
         yield host
     finally:
-        _cleanup(host.name, host.host_if)
+        # deleting the namespace destroys its veth end and with it the pair; the explicit
+        # link delete covers a failure between `link add` and moving the peer in
+        if link_exists(host.host_if):
+            _ip("link", "del", host.host_if, check=False)
+        if exists(host.name):
+            _ip("netns", "del", host.name, check=False)
 
 
 def exists(name: str) -> bool:

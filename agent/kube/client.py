@@ -105,13 +105,16 @@ class WatchStream:
     """One open watch response, iterated as parsed event dicts.
 
     `close()` may be called from another thread: it shuts the socket down so a reader blocked
-    in recv returns at once, and the iteration then ends quietly."""
+    in recv returns at once, and the iteration then ends quietly. The response itself is
+    closed by the iterating thread (closing it under a concurrent read races in urllib3)."""
 
     def __init__(self, response: Any) -> None:
         self._response = response
         self._closed = threading.Event()
+        self._iterating = False
 
     def __iter__(self) -> Iterator[JSON]:
+        self._iterating = True
         buf = bytearray()
         try:
             for chunk in self._response.stream(amt=64 << 10, decode_content=True):
@@ -123,22 +126,31 @@ class WatchStream:
                         yield _parse_event(line)
                 if len(buf) > _MAX_LINE:
                     raise ApiError(0, "ConnectionError", "watch event larger than 16 MiB")
-            if buf.strip():
+            if buf.strip() and not self._closed.is_set():
                 yield _parse_event(bytes(buf))
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except ApiError:
+            raise
+        except Exception as exc:  # urllib3 fails in several ways when the socket goes away
             if not self._closed.is_set():
                 raise ApiError(0, "ConnectionError", f"watch stream broken: {exc}") from exc
         finally:
-            self.close()
+            self._iterating = False
+            self._closed.set()
+            self._release()
 
     def close(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
+        if not self._iterating:
+            self._release()
+            return
         sock = getattr(getattr(self._response, "connection", None), "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _release(self) -> None:
         with contextlib.suppress(Exception):
             self._response.close()
             self._response.release_conn()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from lab.containerd import Containerd
-from tests.e2e.conftest import LabRegistry, agent_cli, cri_pull
+from tests.e2e.conftest import LabRegistry, agent_cli, cri_pull, timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -63,9 +64,11 @@ def node(
 
 
 def install(daemon: Containerd, registry: LabRegistry, scope: str) -> dict[str, Any]:
+    began = time.monotonic()
     result = agent_cli(
         "install", registry.target, "--scope", scope, "--json", env=restart_env(daemon)
     )
+    timing(f"agent install --scope {scope}", time.monotonic() - began)
     assert result.returncode == 0, result.explain()
     data = result.json()
     assert isinstance(data, dict)
@@ -73,7 +76,9 @@ def install(daemon: Containerd, registry: LabRegistry, scope: str) -> dict[str, 
 
 
 def remove(daemon: Containerd, registry: LabRegistry) -> dict[str, Any]:
+    began = time.monotonic()
     result = agent_cli("remove", registry.target, "--json", env=restart_env(daemon))
+    timing("agent remove", time.monotonic() - began)
     assert result.returncode == 0, result.explain()
     data = result.json()
     assert isinstance(data, dict)

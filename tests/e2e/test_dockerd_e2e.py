@@ -10,12 +10,13 @@ namespace only; see conftest.py.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from lab.dockerd import Dockerd
-from tests.e2e.conftest import LabRegistry, agent_cli
+from tests.e2e.conftest import LabRegistry, agent_cli, timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -24,7 +25,9 @@ DOCKER_CERTS_D = Path("/etc/docker/certs.d")
 
 
 def docker_pull(daemon: Dockerd, image: str) -> tuple[bool, str]:
+    began = time.monotonic()
     outcome = daemon.pull(image)
+    timing(f"docker pull ({'ok' if outcome.ok else 'refused'})", time.monotonic() - began)
     if outcome.ok:
         daemon.remove_image(image)  # the next pull must reach the registry again
     return outcome.ok, outcome.output

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.chain import (
     FetchedChain,
@@ -162,6 +164,29 @@ def test_a_server_that_comes_up_during_the_retries_is_reached(pki: PKI) -> None:
     assert fetched.certs[0].sha256 == pki.leaf.sha256
 
 
+def test_a_name_that_does_not_resolve() -> None:
+    err = fetch_error(HostPort("no-such-registry.invalid"), "resolve", timeout=5)
+    assert "no-such-registry.invalid" in err.message
+
+
+def test_a_resolver_that_hangs_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libc's resolver cannot be interrupted; the fetch stops waiting for it."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: str, *args: object, **kw: object) -> object:
+        if host == "slow.test":
+            release.wait(10)
+        return real(host, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        err = fetch_error(HostPort("slow.test"), "timeout", timeout=0.5)
+    finally:
+        release.set()
+    assert "resolving slow.test" in err.message
+
+
 def test_silent_server_times_out_at_the_deadline() -> None:
     with SilentServer() as srv:
         err = fetch_error(local(srv.port), "timeout", timeout=1)
@@ -272,6 +297,14 @@ def test_unreachable_proxy_is_a_proxy_error(server: TLSServer) -> None:
 )
 def test_no_proxy_is_parsed_like_curl(no_proxy: str, host: str, port: int, bypass: bool) -> None:
     assert no_proxy_matches(no_proxy, HostPort(host, port)) is bypass
+
+
+@settings(max_examples=300, deadline=None)
+@given(no_proxy=st.text(max_size=80))
+def test_any_no_proxy_text_gives_an_answer(no_proxy: str) -> None:
+    """A node's NO_PROXY can hold anything; parsing it must never crash a fetch."""
+    for target in (HostPort("registry.test", 5000), HostPort("10.1.2.3"), HostPort("::1")):
+        assert isinstance(no_proxy_matches(no_proxy, target), bool)
 
 
 def test_proxy_env_prefers_lower_case_and_respects_no_proxy() -> None:

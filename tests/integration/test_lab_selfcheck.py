@@ -15,10 +15,12 @@ Needs root in a private mount namespace (see tests/e2e/conftest.py); skipped oth
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,6 +288,32 @@ def test_netns_host_and_veth_are_deleted_even_when_the_body_fails(sandbox: Sandb
         raise RuntimeError("boom")
     assert not netns_exists(ns.name)
     assert not link_exists(ns.host_if)
+
+
+def test_reexec_lands_in_a_private_mount_namespace(tmp_path: Path) -> None:
+    """What `python -m lab` does first: re-run itself under unshare, then check where it is."""
+    if os.geteuid() != 0:
+        pytest.skip("unshare --mount needs root")
+    script = tmp_path / "where.py"
+    script.write_text(
+        "from lab.sandbox import in_private_mount_namespace as private, "
+        "reexec_in_private_mount_namespace as reexec\n"
+        "print('private' if private() else 'shared', flush=True)\n"
+        "if not private():\n"
+        "    reexec()\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = ["private"] if in_private_mount_namespace() else ["shared", "private"]
+    assert done.stdout.split() == expected
 
 
 def test_real_node_paths_are_unchanged(sandbox: Sandbox) -> None:  # noqa: F811

@@ -91,7 +91,8 @@ def containerd() -> Iterator[Containerd]:
     state = base / "containerd"
     host = base / "host"
     (host / "etc/containerd").mkdir(parents=True)
-    sock = state / "containerd.sock"
+    # The socket is created inside the host tree, where the node's view expects it.
+    sock = host / "run/containerd/containerd.sock"
     config = base / "config.toml"
     config.write_text(
         f"""version = 2
@@ -109,9 +110,6 @@ state = "{state}/state"
 """
     )
     # The node's view: the host root holds a config naming the socket by its host path.
-    # The socket lives outside the host tree, so expose it inside through a symlinked dir.
-    (host / "run").mkdir()
-    (host / "run/containerd").symlink_to(state)
     (host / "etc/containerd/config.toml").write_text(
         'version = 2\n[grpc]\n  address = "/run/containerd/containerd.sock"\n'
     )
@@ -144,8 +142,8 @@ state = "{state}/state"
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _manager(ctr: Containerd, method: RestartMethod = RestartMethod("systemd")) -> RuntimeManager:
-    return RuntimeManager(HostFS(str(ctr.host)), DirectRunner(), method)
+def _manager(ctr: Containerd, method: RestartMethod | None = None) -> RuntimeManager:
+    return RuntimeManager(HostFS(str(ctr.host)), DirectRunner(), method or RestartMethod("systemd"))
 
 
 def _restart_script(ctr: Containerd) -> Path:

@@ -152,6 +152,16 @@ def test_unknown_authority_with_a_url_is_remediable() -> None:
     assert not failure.conflicting_ca
 
 
+def test_a_hand_built_failure_takes_its_x509_class_from_its_kind() -> None:
+    def built(kind: str) -> PullFailure:
+        return PullFailure(kind=kind, failing=None, image=None, registry=None, message="")
+
+    assert built("hostname-mismatch").x509 == "hostname-mismatch"
+    assert built("conflicting-ca").x509 == "unknown-authority"
+    with pytest.raises(ValueError, match="unknown pull failure kind"):
+        built("x509")
+
+
 def test_unknown_authority_without_a_url_is_not_remediable() -> None:
     """Nothing names the host whose chain to fetch, so there is nothing to install."""
     failure = parse_pull_error("x509: certificate signed by unknown authority")
@@ -337,6 +347,18 @@ def test_the_url_wins_over_the_pinging_prefix() -> None:
 
 
 # --- the image --------------------------------------------------------------------------
+
+
+def test_cri_o_wording_names_the_image_as_a_docker_source() -> None:
+    failure = parse_pull_error(
+        "initializing source docker://registry.test:5443/lab/tiny:v1: pinging container "
+        'registry registry.test:5443: Get "https://registry.test:5443/v2/": tls: failed to '
+        "verify certificate: x509: certificate signed by unknown authority"
+    )
+    assert failure is not None
+    assert failure.image == "registry.test:5443/lab/tiny:v1"
+    assert failure.failing == HostPort("registry.test", 5443)
+    assert failure.remediable
 
 
 def test_the_image_hint_is_used_when_the_message_names_no_image() -> None:

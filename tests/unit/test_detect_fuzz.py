@@ -65,6 +65,7 @@ FRAGMENTS = [
     "error pinging docker registry ",
     "pinging container registry ",
     'Back-off pulling image "',
+    "initializing source docker://",
     "İ",
     "\x00",
     "\n",
@@ -141,6 +142,8 @@ def test_any_authority_in_a_url_yields_a_valid_host_or_none(authority: str, tail
         "[" * 100000 + "https://[" * 1000 + "x509: certificate signed by unknown authority",
         " " * 1_000_000 + "x509: certificate signed by unknown authority",
         "İ" * 100000 + "x509:",
+        "initializing source docker://" * 5000 + "x509: certificate signed by unknown authority",
+        "initializing source docker://" + "a:" * 50000 + " x509:",
     ],
     ids=lambda m: f"{len(m)}-chars",
 )

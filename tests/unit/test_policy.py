@@ -11,10 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.errors import PolicyError
 from agent.hostport import HostPort, parse_hostport
@@ -295,6 +298,12 @@ def test_an_unknown_key_without_a_close_match_has_no_suggestion() -> None:
 
 def test_a_non_string_key_is_unknown() -> None:
     assert error_of("1: x").startswith("1: unknown key")
+
+
+def test_a_very_long_unknown_key_is_shortened_in_the_message() -> None:
+    message = error_of("k" * 5000 + ": 1")
+    assert message.startswith("'" + "k" * 76 + "...: unknown key")
+    assert len(message) < 300
 
 
 def test_a_typo_in_a_registry_entry_does_not_drop_the_pin() -> None:
@@ -860,3 +869,55 @@ def test_policy_error_is_the_policy_kind_with_exit_code_5() -> None:
 def test_parse_policy_refuses_bytes() -> None:
     with pytest.raises(PolicyError):
         parse_policy(b"scope: auto")  # type: ignore[arg-type]
+
+
+# --- hostile documents ------------------------------------------------------------------
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+policy_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(max_size=30),
+        st.sampled_from(["auto", "registry", "never", "*.corp.example", "a.example:5000", PIN_A]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from(["host", "pins", "caPEM", "pin"]), st.text(max_size=5)),
+            children,
+            max_size=4,
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(st.text(max_size=500))
+def test_arbitrary_text_is_a_policy_or_a_policy_error(text: str) -> None:
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        assert exc.kind == "invalid"
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(["scope", "restart", "maxConcurrentRestarts", "dryRun", "registries"]),
+        policy_values,
+    )
+)
+def test_arbitrary_documents_are_a_policy_or_a_policy_error(document: dict[str, object]) -> None:
+    try:
+        parsed = parse_policy(yaml.safe_dump(document))
+    except PolicyError as exc:
+        assert exc.kind == "invalid"
+        return
+    for rule in parsed.registries:  # whatever got through is well-formed
+        assert all(len(pin) == 71 and pin.startswith("sha256:") for pin in rule.pins)
+        assert rule.port is None or 1 <= rule.port <= 65535

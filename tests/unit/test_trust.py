@@ -15,6 +15,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import InputError, TrustError
 from agent.hostport import HostPort
@@ -66,6 +68,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 def other(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     """A second, unrelated CA with the same names."""
     return make_pki(tmp_path_factory.mktemp("other"), names=("registry.test",))
+
+
+# Three unrelated certificates for property tests (hypothesis wants no function fixtures).
+_BUNDLE_POOL = (
+    cert_from_der(make_ca("Pool A").der),
+    cert_from_der(make_ca("Pool B").der),
+    cert_from_der(make_leaf(None, names=("pool.test",)).der),
+)
 
 
 # --- CertInfo ------------------------------------------------------------------------
@@ -181,6 +191,27 @@ def test_a_single_der_certificate_is_accepted(pki: PKI) -> None:
     assert parse_pem_bundle(pki.root.der)[0].sha256 == pki.root.sha256
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_arbitrary_bytes_only_ever_raise_trust_error(data: bytes) -> None:
+    try:
+        parse_pem_bundle(data)
+    except TrustError as exc:
+        assert exc.kind == "malformed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(position=st.integers(min_value=0), byte=st.integers(min_value=0, max_value=255))
+def test_corrupted_pem_only_ever_raises_trust_error(position: int, byte: int) -> None:
+    """One byte changed anywhere in a valid PEM: parsed or refused, never a crash."""
+    pem = bytearray(_BUNDLE_POOL[0].pem)
+    pem[position % len(pem)] = byte
+    try:
+        parse_pem_bundle(bytes(pem))
+    except TrustError as exc:
+        assert exc.kind == "malformed"
+
+
 # --- deterministic bundles -----------------------------------------------------------
 
 
@@ -193,6 +224,17 @@ def test_pem_bundle_is_deterministic_whatever_the_order_and_duplicates(pki: PKI)
     expected_order = sorted([root.sha256, inter.sha256])
     assert [c.sha256 for c in parse_pem_bundle(one)] == expected_order
     assert pem_bundle([leaf]) == leaf.pem
+
+
+@settings(max_examples=50, deadline=None)
+@given(picks=st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=8))
+def test_pem_bundle_depends_only_on_the_set_of_certificates(picks: list[int]) -> None:
+    """Any order, any duplication: the same set gives the same bytes."""
+    pool = _BUNDLE_POOL
+    chosen = [pool[i] for i in picks]
+    assert pem_bundle(chosen) == pem_bundle(
+        sorted({c.sha256: c for c in chosen}.values(), key=lambda c: c.subject)
+    )
 
 
 def test_pem_bundle_round_trips_exact_der(pki: PKI) -> None:

@@ -25,6 +25,7 @@ only when needed, kubernetes never).
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import errno
 import ipaddress
@@ -34,7 +35,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -177,15 +178,7 @@ def _fmt_addr(addr: tuple[object, ...]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-_AddrInfo = list[
-    tuple[
-        socket.AddressFamily,
-        socket.SocketKind,
-        int,
-        str,
-        tuple[str, int] | tuple[str, int, int, int],
-    ]
-]
+_AddrInfo = Sequence[tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[object, ...]]]
 
 
 def _resolve(host: str, port: int, deadline: _Deadline) -> _AddrInfo:
@@ -228,7 +221,11 @@ def _connect(host: str, port: int, deadline: _Deadline) -> tuple[socket.socket, 
         # later addresses keep a fair share of the time: a black-holed first address
         # (typically IPv6) must not eat the whole deadline
         budget = deadline.left_or_timeout(f"connecting to {host}:{port}") / (len(infos) - i)
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:  # e.g. an IPv6 address on a host without IPv6
+            failures.append(f"{_fmt_addr(addr)} {exc.strerror}")
+            continue
         sock.setblocking(False)
         err = sock.connect_ex(addr)
         if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
@@ -382,6 +379,11 @@ def _handshake(
         except SSL.WantReadError:
             pass
         except SSL.Error as exc:
+            # A registry that requires client certificates (mTLS) aborts after it showed
+            # its chain (TLS 1.2); the chain is what we came for, so keep it.
+            shown = conn.get_peer_cert_chain(as_cryptography=True)
+            if shown:
+                return list(shown), str(conn.get_protocol_version_name())
             raise _classify(exc, first, where) from exc
         _flush(conn, sock, deadline, what)
         pending = _recv(sock, deadline, what)
@@ -395,7 +397,9 @@ def _handshake(
                 f"{where} sent more than {MAX_HANDSHAKE_BYTES} bytes during the handshake",
                 kind="too-large",
             )
-    _flush(conn, sock, deadline, what)  # our Finished: let the server complete politely
+    # Send our Finished so the server completes politely; the chain is ours either way.
+    with contextlib.suppress(FetchError):
+        _flush(conn, sock, deadline, what)
     certs = conn.get_peer_cert_chain(as_cryptography=True) or []
     version = str(conn.get_protocol_version_name())
     return list(certs), version

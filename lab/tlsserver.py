@@ -134,7 +134,8 @@ class LoopbackServer:
             with self._lock:
                 self._conns.add(conn)
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(t)
+            # a long-lived lab server (the demo) must not accumulate finished threads
+            self._threads = [*(x for x in self._threads if x.is_alive()), t]
             t.start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -169,7 +170,11 @@ class TLSServer(LoopbackServer):
         host: str = "127.0.0.1",
         port: int = 0,
         body: bytes = b"ok\n",
+        max_version: ssl.TLSVersion | None = None,
+        client_ca: Issued | None = None,
     ) -> None:
+        """`max_version` caps the protocol (e.g. TLSv1_2); `client_ca` makes the server
+        demand a client certificate issued by it (a registry with mutual TLS)."""
         super().__init__(host, port)
         if isinstance(key, Issued):
             key = key.key
@@ -192,6 +197,11 @@ class TLSServer(LoopbackServer):
         # trust store to build a chain from, so what the test gives is what goes out.
         ctx.load_cert_chain(str(certfile), str(keyfile))
         ctx.sni_callback = self._on_sni
+        if max_version is not None:
+            ctx.maximum_version = max_version
+        if client_ca is not None:
+            ctx.load_verify_locations(cadata=client_ca.pem.decode())
+            ctx.verify_mode = ssl.CERT_REQUIRED
         self._ctx = ctx
 
     def _on_sni(self, _sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:

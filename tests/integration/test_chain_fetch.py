@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,23 @@ def test_self_signed_server(tmp_path: Path) -> None:
         fetched = fetch_chain(local(srv.port))
     result = analyze(fetched.certs, fetched.target, now=NOW)
     assert (result.reason, result.anchor.sha256) == ("self-signed leaf", p.leaf.sha256)
+
+
+def test_tls_1_2_server(pki: PKI) -> None:
+    with TLSServer(pki.chain, pki.leaf, max_version=ssl.TLSVersion.TLSv1_2) as srv:
+        fetched = fetch_chain(local(srv.port))
+    assert fetched.tls_version == "TLSv1.2" and len(fetched.certs) == 2
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_registry_demanding_a_client_certificate_still_shows_its_chain(
+    pki: PKI, version: ssl.TLSVersion
+) -> None:
+    """mTLS registries abort the handshake without a client certificate, after having
+    presented their chain: the chain is still fetched."""
+    with TLSServer(pki.chain, pki.leaf, max_version=version, client_ca=pki.root) as srv:
+        fetched = fetch_chain(local(srv.port))
+    assert fetched.certs[0].sha256 == pki.leaf.sha256
 
 
 def test_sni_is_the_host_name_and_absent_for_an_ip(server: TLSServer) -> None:

@@ -200,7 +200,12 @@ def test_a_failing_restart_command_is_reported_with_its_stderr(containerd: Conta
 def test_a_containerd_that_never_comes_back_is_not_ready(containerd: Containerd) -> None:
     """A restart command that only stops the runtime: restart() reports "not-ready"."""
     stop_only = containerd.base / "stop-only.sh"
-    stop_only.write_text(f"#!/bin/sh\nkill $(cat {containerd.pidfile})\n")
+    stop_only.write_text(
+        "#!/bin/sh\n"
+        f"old=$(cat {containerd.pidfile}); kill $old\n"
+        # Like `systemctl stop`, return only once it is gone: a dying containerd still answers.
+        'while [ -e /proc/$old ] && ! grep -q zombie /proc/$old/status; do sleep 0.05; done\n'
+    )
     stop_only.chmod(0o755)
     manager = _manager(containerd, RestartMethod("command", (str(stop_only),)))
     manager.wait_ready("containerd", timeout=30)

@@ -100,6 +100,7 @@ class Controller:
     policy_loaded: bool = False  # a policy came from the ConfigMap: removals are allowed
     _queue: queue.Queue[_Work] = field(default_factory=queue.Queue)
     _lookups: dict[str, float] = field(default_factory=dict)
+    _failing: dict[str, tuple[PodRef, list[PullFailure]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last_policy_error: str | None = None
 
@@ -118,6 +119,7 @@ class Controller:
         if opted and not was:
             log.info("node %s opted in", self.node_name)
             self._queue.put(_Work("sync"))
+            self._requeue_failing()
         elif was and not opted:
             log.info("node %s opted out: idle", self.node_name)
 
@@ -151,9 +153,9 @@ class Controller:
                 policy.scope,
                 policy.dry_run,
             )
-            for key in list(self.flights._states):
-                self.flights.forget(key)
+            self.flights.forget_all()
             self._queue.put(_Work("sync"))
+            self._requeue_failing()
 
     def _policy_problem(self, message: str) -> None:
         with self._lock:
@@ -164,10 +166,18 @@ class Controller:
         self.recorder.node(self.node_name, WARNING, "PolicyInvalid", message)
 
     def on_pod(self, obj: Mapping[str, Any]) -> None:
-        if not self.opted_in:
-            return
         meta = obj.get("metadata") or {}
         ref = PodRef(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
+        failures = [p.failure for p in pull_failures_from_pod(obj) if p.failure is not None]
+        with self._lock:
+            # Remember who is failing now, so a policy change or an opt-in can act on them
+            # at once instead of waiting for kubelet's next back-off (up to 5 minutes).
+            if failures:
+                self._failing[ref.uid] = (ref, failures)
+            else:
+                self._failing.pop(ref.uid, None)
+        if not self.opted_in:
+            return
         for ppf in pull_failures_from_pod(obj):
             if ppf.failure is not None:
                 self._queue.put(_Work("failure", ref, ppf.failure, ppf.image))
@@ -175,6 +185,19 @@ class Controller:
                 self._maybe_lookup(ref, ppf)
         if _creating_sandbox(obj):
             self._maybe_lookup(ref, None)
+
+    def on_pod_deleted(self, obj: Mapping[str, Any]) -> None:
+        uid = (obj.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            self._failing.pop(uid, None)
+            self._lookups.pop(uid, None)
+
+    def _requeue_failing(self) -> None:
+        with self._lock:
+            failing = list(self._failing.values())
+        for ref, failures in failing:
+            for failure in failures:
+                self._queue.put(_Work("failure", ref, failure, failure.image))
 
     def _maybe_lookup(self, ref: PodRef, ppf: PodPullFailure | None) -> None:
         now = time.monotonic()

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from agent import __version__
 from agent.controller import Controller
 from agent.errors import InputError
 from agent.host import DirectRunner, HostFS, NsenterRunner
 from agent.kube.client import KubeClient, resource_path
 from agent.kube.events import EventRecorder
 from agent.kube.lease import RestartSlots
-from agent.kube.node import set_trusted_registries
+from agent.kube.node import TrustedRegistriesAnnotation
 from agent.kube.watch import Watcher
 from agent.metrics import Metrics, Readiness, serve
 from agent.remediate import Engine
@@ -38,9 +39,10 @@ POLICY_NAME = "ca-trust-agent"
 class ApiCluster:
     """The controller's narrow view of the API: pod Events and the node annotation."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, node_name: str) -> None:
         self.client = client
-        self._annotation_cache: dict[str, Any] = {}
+        # remembers the last value written, so an unchanged list sends no PATCH
+        self._annotation = TrustedRegistriesAnnotation(client, node_name)
 
     def pod_events(self, namespace: str, uid: str) -> list[Mapping[str, Any]]:
         page = self.client.list(
@@ -49,7 +51,7 @@ class ApiCluster:
         return list(page.get("items") or [])
 
     def set_trusted_registries(self, node_name: str, keys: Sequence[str]) -> None:
-        set_trusted_registries(self.client, node_name, keys)
+        self._annotation.update(keys)
 
 
 class Agent:
@@ -71,16 +73,17 @@ class Agent:
         self.namespace = namespace
         self.metrics = metrics or Metrics()
         self.recorder = EventRecorder(
-            client, host=node_name, on_drop=self.metrics.record_event_dropped
+            client, host=node_name, on_drop=self.metrics.record_event_dropped, queue_size=256
         )
         self.engine = engine
         self.controller = Controller(
             node_name=node_name,
             engine=engine,
             recorder=self.recorder,
-            cluster=ApiCluster(client),
+            cluster=ApiCluster(client, node_name),
             metrics=self.metrics,
         )
+        self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
         self.reconcile_seconds = reconcile_seconds
         self.explicit_runtimes = explicit_runtimes
@@ -179,7 +182,9 @@ class Agent:
         self.controller.on_policy(None if kind == "DELETED" else obj)
 
     def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind != "DELETED":
+        if kind == "DELETED":
+            self.controller.on_pod_deleted(obj)
+        else:
             self.controller.on_pod(obj)
 
     def _reconcile_timer(self) -> None:
@@ -194,24 +199,21 @@ class Agent:
 
     @contextmanager
     def _restart_gate(self, runtime: str) -> Iterator[None]:
+        """A runtime restart holds one of maxConcurrentRestarts cluster-wide Lease slots."""
         max_slots = self.controller.policy.max_concurrent_restarts
-        deferred: list[bool] = []
+        self.slots.max_slots = max_slots
 
-        def on_wait() -> None:
-            if not deferred:
-                deferred.append(True)
-                self.recorder.node(
-                    self.node_name,
-                    "Normal",
-                    "ContainerRuntimeRestartDeferred",
-                    f"Waiting for one of {max_slots} cluster-wide restart slot(s) before "
-                    f"restarting {runtime}",
-                )
+        def on_wait(holders: tuple[str, ...]) -> None:
+            held = f" (held by {', '.join(holders)})" if holders else ""
+            self.recorder.node(
+                self.node_name,
+                "Normal",
+                "ContainerRuntimeRestartDeferred",
+                f"Waiting for one of {max_slots} cluster-wide restart slot(s){held} before "
+                f"restarting {runtime}",
+            )
 
-        slots = RestartSlots(
-            self.client, self.namespace, holder=self.node_name, max_slots=max_slots
-        )
-        with slots.slot(runtime, on_wait=on_wait):
+        with self.slots.slot(runtime, on_wait=on_wait):
             yield
 
 
@@ -240,7 +242,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")
     fs = HostFS(args.host_root)
     engine = Engine(fs, _runner(args), runtimes=args.runtime, restart_method=_restart_method(args))
-    client = KubeClient.from_config(args.kubeconfig)
+    # the node in the User-Agent: API audit logs then say which agent did what
+    client = KubeClient.from_config(
+        args.kubeconfig, user_agent=f"ca-trust-agent/{__version__} ({args.node_name})"
+    )
     metrics = Metrics()
     agent = Agent(
         client,

@@ -38,7 +38,7 @@ class FetchError(AgentError):
 class TrustError(AgentError):
     """The chain must not be trusted. kinds: no-san, hostname-mismatch, expired,
     not-yet-valid, not-a-ca, chain-does-not-link, leaf-not-self-signed, pin-mismatch,
-    malformed, conflicting-ca."""
+    malformed, invalid (refused by the verifier for another reason: EKU, weak key, ...)."""
 
     exit_code = 4
 

@@ -57,6 +57,11 @@ class Flights:
         """Policy changed for this host: let the next failure through at once."""
         self._states.pop(key, None)
 
+    def forget_all(self) -> None:
+        """The policy changed: every host may be judged anew, except those in flight."""
+        for key in [k for k, st in self._states.items() if not st.in_flight]:
+            del self._states[key]
+
     def in_flight(self, key: str) -> bool:
         st = self._states.get(key)
         return bool(st and st.in_flight)

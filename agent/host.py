@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import selectors
+import shlex
 import signal
 import stat
 import subprocess
@@ -88,8 +90,9 @@ class HostFS:
             candidate = os.path.join(self.root, *done, name)
             try:
                 st = os.lstat(candidate)
-            except FileNotFoundError:
-                return done + [name] + [p for p in pending if p not in ("", ".")]
+            except (FileNotFoundError, NotADirectoryError):
+                # Nothing below a missing component exists; ".." must not walk back out.
+                return [*done, name, *(p for p in pending if p != "..")]
             if not stat.S_ISLNK(st.st_mode):
                 done.append(name)
                 continue
@@ -144,7 +147,7 @@ class HostFS:
             return []
 
     def lstat_kind(self, path: str) -> str | None:
-        """"file", "dir", "symlink", "other" or None, without following any link.
+        """What is at `path` without following any link: file, dir, symlink, other or None.
 
         A link at a directory component on the way is reported as "symlink" too: that is what
         a writer would be tricked by.
@@ -273,6 +276,30 @@ class HostFS:
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(f"{path} exists and is not a regular file", kind="conflict")
 
+    @contextlib.contextmanager
+    def lock(self, path: str) -> Iterator[None]:
+        """Hold an exclusive flock on `path` (created 0600 if missing; parent must exist).
+
+        Serialises read-modify-write of shared state between the daemon and a CLI run.
+        """
+        parts = split_host_path(path)
+        if not parts:
+            raise StoreError("cannot lock the host root", kind="io")
+        with self._open_dir(parts[:-1]) as dfd:
+            assert dfd is not None
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], flags, 0o600, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise StoreError(f"refusing to lock symbolic link {path}", "symlink") from exc
+                raise StoreError(f"cannot open lock {path}: {exc.strerror}", kind="io") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
     def remove_file(self, path: str) -> bool:
         """Delete a regular file; False when already gone. Links are refused, not removed."""
         parts = split_host_path(path)
@@ -347,7 +374,7 @@ class CommandResult:
         """One line for an error message: the command, how it ended, the end of stderr."""
         how = "timed out" if self.timed_out else f"exited {self.returncode}"
         tail = (self.stderr.strip() or self.stdout.strip())[-500:]
-        return f"`{' '.join(self.argv)}` {how}" + (f": {tail}" if tail else "")
+        return f"`{shlex.join(self.argv)}` {how}" + (f": {tail}" if tail else "")
 
 
 class Runner(Protocol):
@@ -383,6 +410,7 @@ class DirectRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self.env,
+                cwd="/",
                 close_fds=True,
                 # Own process group: a timeout kills the command and everything it forked.
                 start_new_session=True,
@@ -394,8 +422,15 @@ class DirectRunner:
         except OSError as exc:
             return self._failed(args, 126, f"{args[0]}: cannot execute: {exc.strerror}")
         assert proc.stdout is not None and proc.stderr is not None
-        out, err, timed_out = self._collect(proc, proc.stdout, proc.stderr, start + timeout)
-        code = proc.wait()
+        deadline = start + timeout
+        out, err, timed_out = self._collect(proc, proc.stdout, proc.stderr, deadline)
+        try:
+            # A command that closed its output early is still bound by the timeout.
+            code = proc.wait(timeout=max(deadline - time.monotonic(), 0.0) + 0.5)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            code = proc.wait()
         return CommandResult(
             argv=args,
             returncode=128 - code if code < 0 else code,
@@ -433,8 +468,7 @@ class DirectRunner:
                     break
                 if exited_at is None and now >= deadline:
                     timed_out = True
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    _kill_group(proc.pid)
                     exited_at = now
                 for key, _ in sel.select(timeout=0.05):
                     fd = key.fd
@@ -450,6 +484,11 @@ class DirectRunner:
         out.close()
         err.close()
         return out_text, err_text, timed_out
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _decode(data: bytearray, dropped: int) -> str:

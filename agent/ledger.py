@@ -8,7 +8,9 @@ only record of what we may delete, so a corrupt ledger is never overwritten sile
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -17,6 +19,7 @@ from agent.host import HostFS
 
 LEDGER_DIR = "/var/lib/ca-trust-agent"
 LEDGER_PATH = f"{LEDGER_DIR}/ledger.json"
+LEDGER_LOCK = f"{LEDGER_DIR}/ledger.lock"
 VERSION = 1
 STATES = ("installing", "installed", "removing")
 
@@ -110,7 +113,7 @@ class Ledger:
                     raise ValueError(f"entry {key!r} names endpoint {entry.endpoint!r}")
                 result[key] = entry
             return result
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise LedgerError(self._corrupt_message(str(exc)), kind="corrupt") from exc
 
     def _corrupt_message(self, why: str) -> str:
@@ -124,18 +127,26 @@ class Ledger:
         )
 
     def put(self, entry: LedgerEntry) -> None:
-        current = self.entries()
-        current[entry.endpoint] = entry
-        self._write(current)
+        with self._locked():
+            current = self.entries()
+            current[entry.endpoint] = entry
+            self._write(current)
 
     def delete(self, endpoint: str) -> None:
         """Drop an entry; deleting what is not there is not an error (convergence re-runs)."""
-        current = self.entries()
-        if current.pop(endpoint, None) is not None:
-            self._write(current)
+        with self._locked():
+            current = self.entries()
+            if current.pop(endpoint, None) is not None:
+                self._write(current)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # The daemon and a CLI `install` on the same node must not lose each other's entry.
+        self.fs.makedirs(LEDGER_DIR, mode=0o700)
+        with self.fs.lock(LEDGER_LOCK):
+            yield
 
     def _write(self, entries: dict[str, LedgerEntry]) -> None:
         doc = {"version": VERSION, "entries": {k: e.to_json() for k, e in entries.items()}}
         text = json.dumps(doc, sort_keys=True, indent=2) + "\n"
-        self.fs.makedirs(LEDGER_DIR, mode=0o700)
         self.fs.write_atomic(LEDGER_PATH, text.encode("utf-8"), mode=0o600)

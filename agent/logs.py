@@ -12,8 +12,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from pythonjsonlogger.json import JsonFormatter
-
 from agent.errors import InputError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -50,6 +48,9 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def json_formatter() -> logging.Formatter:
+    # Imported here: the CLI's human path (and `fetch`'s start-up time) never needs it.
+    from pythonjsonlogger.json import JsonFormatter
+
     # timestamp=True adds an ISO 8601 UTC "timestamp" from record.created; the other names
     # are renamed to what log pipelines (Loki, Elastic, Cloud Logging) expect.
     return JsonFormatter(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from agent.errors import InputError, RuntimeRestartError, StoreError
 from agent.host import HostFS, Runner
-from agent.stores.registry import load_containerd_config
+from agent.stores.registry import dig, load_containerd_config
 
 RUNTIMES = ("containerd", "docker", "crio")
 RESTART_COMMAND_ENV = "CA_TRUST_AGENT_RESTART_COMMAND"
@@ -109,13 +109,16 @@ def containerd_socket(fs: HostFS) -> str:
 
 
 def crio_socket(fs: HostFS) -> str:
-    with contextlib.suppress(StoreError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+    listen = None
+    # A broken crio.conf cannot move the socket either: fall back to the default.
+    with contextlib.suppress(
+        StoreError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError
+    ):
         data = fs.read_bytes(CRIO_CONFIG)
         if data is not None:
-            api = tomllib.loads(data.decode("utf-8")).get("crio", {}).get("api", {})
-            listen = api.get("listen") if isinstance(api, dict) else None
-            if isinstance(listen, str) and listen.strip():
-                return _strip_unix(listen.strip())
+            listen = dig(tomllib.loads(data.decode("utf-8")), ("crio", "api", "listen"))
+    if isinstance(listen, str) and listen.strip():
+        return _strip_unix(listen.strip())
     return _first_existing(fs, DEFAULT_SOCKETS["crio"])
 
 
@@ -239,7 +242,7 @@ class RuntimeManager:
             )
         try:
             config = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise RuntimeRestartError(
                 f"refusing to restart docker: {DOCKER_DAEMON_JSON} is not valid JSON ({exc}); "
                 f"cannot tell whether live-restore is on; {how}",

@@ -37,6 +37,8 @@ import queue
 import random
 import re
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -297,6 +299,7 @@ class RequestRecord:
     path: str
     query: dict[str, str]
     client: str
+    authorization: str | None = None  # the header as sent, to check credentials reach us
 
 
 _DROP, _EXPIRE, _STOP = "drop", "expire", "stop"
@@ -374,7 +377,9 @@ _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as apiserver's generateName
 class FakeApiServer:
     """In-memory apiserver on 127.0.0.1:<ephemeral>. Use as a context manager."""
 
-    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0,
+                 tls: tuple[str, str] | None = None) -> None:
+        """`tls=(certfile, keyfile)` serves HTTPS, as in-cluster clients insist on."""
         self.bookmark_interval = bookmark_interval
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str, str], JSON] = {}
@@ -390,12 +395,18 @@ class FakeApiServer:
         self._injected: deque[int] = deque()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.api = self
+        self._scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     # lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{self._scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def start(self) -> FakeApiServer:
         self._thread = threading.Thread(
@@ -803,6 +814,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     api: FakeApiServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client that hung up is not news
+            super().handle_error(request, client_address)
+
 
 class _CountingWriter:
     """Wraps the handler's wfile so every byte sent is charged to the request's client."""
@@ -855,7 +870,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.client = self.headers.get("X-Fake-Client") or self.headers.get("User-Agent") or ""
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
-        api._log(RequestRecord(method, url.path, query, self.client))
+        api._log(RequestRecord(method, url.path, query, self.client,
+                               self.headers.get("Authorization")))
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if api.paused:

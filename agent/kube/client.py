@@ -27,6 +27,7 @@ from urllib.parse import quote
 import tenacity
 import urllib3
 from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException as KubernetesApiException
 from kubernetes.config import incluster_config, kube_config
 
 from agent import __version__
@@ -73,17 +74,26 @@ class RetryPolicy:
     max_wait: float = 5.0
 
 
-def load_config(kubeconfig: str | None = None) -> Configuration:
-    """In-cluster service account when running in a pod, else a kubeconfig
-    (the argument, $KUBECONFIG, ~/.kube/config). Loads no API models."""
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def load_config(kubeconfig: str | None = None, *,
+                service_account_dir: str = SERVICE_ACCOUNT_DIR) -> Configuration:
+    """In-cluster service account when running in a pod (the token is re-read every minute,
+    so projected token rotation works), else a kubeconfig (the argument, $KUBECONFIG,
+    ~/.kube/config). Loads no API models."""
     config = Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        load_incluster: Any = incluster_config.load_incluster_config  # untyped upstream
-        load_incluster(client_configuration=config)
+        make_loader: Any = incluster_config.InClusterConfigLoader  # untyped upstream
+        loader = make_loader(
+            token_filename=os.path.join(service_account_dir, "token"),
+            cert_filename=os.path.join(service_account_dir, "ca.crt"),
+        )
+        loader.load_and_set(config)
     else:
         path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         load_kube: Any = kube_config.load_kube_config
-        load_kube(config_file=path, client_configuration=config)
+        load_kube(config_file=os.path.expanduser(path), client_configuration=config)
     return config
 
 
@@ -304,6 +314,8 @@ class KubeClient:
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 ConnectionRefusedError) as exc:
             raise ApiError(0, "ConnectFailed", f"{method} {path}: {exc}") from exc
+        except KubernetesApiException as exc:  # the client's wrapper for TLS failures
+            raise ApiError(0, "ConnectFailed", f"{method} {path}: {exc.reason}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, "ConnectionError", f"{method} {path}: {exc}") from exc
         response = rest.response

@@ -239,6 +239,9 @@ class EventRecorder:
 
     def record(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         """Never raises (an unexpected bug is logged and counted as "api-error")."""
+        if self._closed:
+            self._drop("closed")
+            return
         try:
             pending = _Pending(ref, type_, reason, truncate_message(message), self._clock())
             if self._queue is None:
@@ -262,9 +265,10 @@ class EventRecorder:
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to timeout), then stop the worker. Later calls drop."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
         if self._queue is not None and self._worker is not None:
             self.flush(timeout)
             self._queue.put(None)
@@ -279,11 +283,15 @@ class EventRecorder:
     # internals
     def _enqueue(self, pending: _Pending) -> None:
         assert self._queue is not None
-        if self._closed:
+        # The check and the count are one step, so close() waits for this event
+        # before it stops the worker.
+        with self._idle:
+            closed = self._closed
+            if not closed:
+                self._unfinished += 1
+        if closed:
             self._drop("closed")
             return
-        with self._idle:
-            self._unfinished += 1
         try:
             self._queue.put_nowait(pending)
         except queue.Full:

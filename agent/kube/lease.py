@@ -179,12 +179,13 @@ class RestartSlots:
         """Hold a slot for the body (a restart of `runtime`); RuntimeRestartError
         ("lock-timeout") when none comes free in time."""
         limit = self.acquire_timeout if timeout is None else timeout
+        start = self._clock()
         if not self._gate.acquire(timeout=max(limit, 0.0)):
             raise RuntimeRestartError(
                 f"{runtime} restart: another restart on this node still holds the slot",
                 kind="lock-timeout")
         try:
-            name = self.acquire(limit, on_wait)
+            name = self.acquire(max(0.0, limit - (self._clock() - start)), on_wait)
             log.info("restart slot taken", extra={"slot": name, "runtime": runtime})
             try:
                 yield

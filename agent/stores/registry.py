@@ -35,13 +35,15 @@ def load_containerd_config(fs: HostFS) -> dict[str, Any] | None:
         return None
     try:
         return tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a hostile "a = [[[[..." nests deeper than the parser can follow.
         raise StoreError(
             f"cannot parse {CONTAINERD_CONFIG} under {fs.root}: {exc}", kind="unavailable"
         ) from exc
 
 
-def _dig(table: Any, keys: tuple[str, ...]) -> Any:
+def dig(table: Any, keys: tuple[str, ...]) -> Any:
+    """table[k1][k2]... or None when a level is missing or not a table."""
     for key in keys:
         if not isinstance(table, dict):
             return None
@@ -52,7 +54,7 @@ def _dig(table: Any, keys: tuple[str, ...]) -> Any:
 def containerd_config_path(config: dict[str, Any] | None) -> str | None:
     """The first directory of the CRI registry `config_path`, or None when unset."""
     for keys in _CONTAINERD_REGISTRY_TABLES:
-        value = _dig(config, (*keys, "config_path"))
+        value = dig(config, (*keys, "config_path"))
         if isinstance(value, str) and value.strip():
             return value.split(":")[0].strip()
     return None

@@ -29,7 +29,7 @@ from agent.chain import (
 from agent.errors import ApplyError, FetchError, TrustError
 from agent.hostport import HostPort
 from agent.trust import analyze
-from lab.pki import PKI, make_ca, make_pki
+from lab.pki import PKI, expired, make_ca, make_pki, not_yet_valid
 from lab.tlsserver import (
     AlertServer,
     ConnectProxy,
@@ -144,6 +144,56 @@ def test_wrong_host_name_is_found_after_fetching(server: TLSServer) -> None:
     with pytest.raises(TrustError) as caught:
         analyze(fetched.certs, HostPort("other.test", server.port), now=NOW)
     assert caught.value.kind == "hostname-mismatch"
+
+
+BROKEN: dict[str, tuple[dict[str, object], str]] = {
+    # case: (make_pki options, expected TrustError kind)
+    "expired-anchor": ({"root_window": expired()}, "expired"),
+    "not-yet-valid-leaf": ({"leaf_window": not_yet_valid()}, "not-yet-valid"),
+    "non-ca-intermediate": ({"intermediate_is_ca": False}, "not-a-ca"),
+    "no-san": ({"san": False}, "no-san"),
+    "wrong-name": ({"names": ("other.test",), "ips": ()}, "hostname-mismatch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_servers_are_fetched_then_refused_with_the_precise_kind(
+    case: str, tmp_path: Path
+) -> None:
+    options, kind = BROKEN[case]
+    kw: dict[str, object] = {"names": ("localhost",), "ips": ("127.0.0.1",), **options}
+    p = make_pki(tmp_path, **kw)  # type: ignore[arg-type]
+    with TLSServer(p.fullchain, p.leaf) as srv:
+        fetched = fetch_chain(local(srv.port))
+    with pytest.raises(TrustError) as caught:
+        analyze(fetched.certs, fetched.target, now=NOW)
+    assert caught.value.kind == kind, caught.value.message
+
+
+def test_server_sending_a_foreign_intermediate_does_not_link(pki: PKI, tmp_path: Path) -> None:
+    other = make_pki(tmp_path)
+    with TLSServer([pki.leaf.cert, other.intermediate.cert], pki.leaf) as srv:  # type: ignore[union-attr]
+        fetched = fetch_chain(local(srv.port))
+    with pytest.raises(TrustError) as caught:
+        analyze(fetched.certs, fetched.target, now=NOW)
+    assert caught.value.kind == "chain-does-not-link"
+
+
+def test_server_sending_only_its_leaf_cannot_be_anchored(pki: PKI) -> None:
+    with TLSServer([pki.leaf], pki.leaf) as srv:
+        fetched = fetch_chain(local(srv.port))
+    with pytest.raises(TrustError) as caught:
+        analyze(fetched.certs, fetched.target, now=NOW)
+    assert caught.value.kind == "leaf-not-self-signed"
+
+
+def test_pins_against_a_live_server(pki: PKI, server: TLSServer) -> None:
+    fetched = fetch_chain(local(server.port))
+    good = pki.intermediate.sha256  # type: ignore[union-attr]
+    assert analyze(fetched.certs, fetched.target, now=NOW, pins=[good]).anchor.sha256 == good
+    with pytest.raises(TrustError) as caught:
+        analyze(fetched.certs, fetched.target, now=NOW, pins=[pki.root.sha256])
+    assert caught.value.kind == "pin-mismatch"
 
 
 # --- fetch failures ------------------------------------------------------------------

@@ -407,3 +407,36 @@ def test_async_mode_aggregates_like_sync_mode(
             rec.node("node-a", "Normal", "ContainerRuntimeRestartDeferred", "waiting for a slot")
         assert rec.flush(timeout=10)
     assert [e["count"] for e in api.objects("events")] == [3]
+
+
+def test_the_official_client_reads_our_events_as_valid_v1_events(
+    api: FakeApiServer, client: KubeClient, clock: FakeClock
+) -> None:
+    """The typed models (what kubectl-like tools decode into) accept every field we write."""
+    # the referee; agent code never loads the typed models
+    from kubernetes.client import ApiClient, CoreV1Api
+
+    rec = recorder(client, clock)
+    rec.node("node-a", "Normal", "CATrusted", "registry.test:5443 trusted")
+    rec.node("node-a", "Normal", "CATrusted", "registry.test:5443 trusted")
+    config = Configuration()
+    config.host = api.url
+    with ApiClient(config) as typed:
+        found = CoreV1Api(typed).list_event_for_all_namespaces(
+            field_selector="involvedObject.kind=Node,involvedObject.name=node-a")
+    [event] = found.items
+    assert event.count == 2
+    assert event.involved_object.uid == "node-a"
+    assert event.source is not None
+    assert event.source.component == "ca-trust-agent"
+    assert event.event_time is None
+
+
+def test_after_close_a_sync_recorder_drops_too(
+    api: FakeApiServer, client: KubeClient, clock: FakeClock
+) -> None:
+    rec = recorder(client, clock)
+    rec.close()
+    rec.node("node-a", "Normal", "CATrusted", "after close")
+    assert rec.dropped == {"closed": 1}
+    assert api.objects("events") == []

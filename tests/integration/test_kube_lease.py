@@ -404,6 +404,38 @@ def test_the_gate_releases_the_slot_when_the_restart_fails(
     assert a.held is None
 
 
+def test_two_restarts_on_one_node_take_turns(
+    api: FakeApiServer, clients: list[KubeClient]
+) -> None:
+    """One agent holds at most one slot: a second restart from the same process waits for
+    the first (here it may not wait at all, so it times out)."""
+    a = node(api, clients, "node-a", max_slots=2)
+    with a.slot("containerd"):
+        with pytest.raises(RuntimeRestartError) as caught, a.slot("docker", timeout=0):
+            pass
+        assert caught.value.kind == "lock-timeout"
+    assert api.get_object("leases", NS, SLOT1) is None
+
+
+def test_the_official_client_reads_our_lease_as_a_valid_v1_lease(
+    api: FakeApiServer, clients: list[KubeClient]
+) -> None:
+    # the referee; agent code never loads the typed models
+    from kubernetes.client import ApiClient, CoordinationV1Api
+
+    a = node(api, clients, "node-a")
+    a.acquire(timeout=0)
+    config = Configuration()
+    config.host = api.url
+    with ApiClient(config) as typed:
+        obj = CoordinationV1Api(typed).read_namespaced_lease(SLOT0, NS)
+    assert obj.spec is not None
+    assert obj.spec.holder_identity == "node-a"
+    assert obj.spec.lease_duration_seconds == 60
+    assert obj.spec.renew_time is not None
+    a.release()
+
+
 def test_an_api_outage_while_waiting_is_retried_until_the_deadline(
     api: FakeApiServer, clients: list[KubeClient], fake_time: FakeTime
 ) -> None:

@@ -13,14 +13,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes.client import Configuration
+from kubernetes.config import incluster_config
 
-from agent.kube.client import ApiError, KubeClient, RetryPolicy, resource_path
+from agent.kube.client import ApiError, KubeClient, RetryPolicy, load_config, resource_path
 from agent.kube.watch import Backoff, BackoffPolicy, Watcher, relist_diff
 from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod
+from lab.pki import make_ca, make_leaf, write_key, write_pem
 
 pytestmark = pytest.mark.integration
 
@@ -226,6 +231,7 @@ def test_a_broken_watch_stream_raises_a_connection_error(kube: KubeClient,
 _PROBE = """
 import json, sys
 from kubernetes.client import Configuration
+from kubernetes.config import incluster_config
 from agent.kube.client import KubeClient, resource_path
 from agent.kube.watch import Watcher
 
@@ -488,3 +494,61 @@ def test_backoff_grows_like_fibonacci_up_to_the_cap_and_resets() -> None:
     assert [backoff.next() for _ in range(7)] == [1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0]
     backoff.reset()
     assert backoff.next() == 1.0
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_a_kubeconfig_file_configures_server_and_token(tmp_path: Path, fake: FakeApiServer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": fake.url}}],
+        "users": [{"name": "agent", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "agent"}}],
+    }))
+
+    kube = KubeClient.from_config(str(kubeconfig))
+    kube.list(PODS)
+
+    assert fake.requests()[-1].authorization == "Bearer t0ken"
+
+
+def test_in_cluster_the_service_account_token_is_sent_and_reread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a pod: HTTPS to $KUBERNETES_SERVICE_HOST, the CA and token from the service
+    account directory; a rotated token is picked up on a later call."""
+    ca = make_ca("fake-apiserver-ca")
+    leaf = make_leaf(ca, names=("kubernetes.default.svc",), ips=("127.0.0.1",))
+    write_pem(tmp_path / "ca.crt", ca)
+    tls = (str(write_pem(tmp_path / "tls.crt", leaf)), str(write_key(tmp_path / "tls.key", leaf)))
+    (tmp_path / "token").write_text("first")
+
+    with FakeApiServer(tls=tls) as fake:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", fake.url.rsplit(":", 1)[1])
+        kube = KubeClient(load_config(service_account_dir=str(tmp_path)))
+        kube.list(PODS)
+        (tmp_path / "token").write_text("rotated")
+        with monkeypatch.context() as m:  # minutes later, as far as the loader can tell
+            later = datetime.now() + timedelta(minutes=2)
+            clock = SimpleNamespace(datetime=_Clock(later), timedelta=timedelta)
+            m.setattr(incluster_config, "datetime", clock)
+            kube.list(PODS)
+        kube.close()
+
+    assert fake.url.startswith("https://")
+    assert [r.authorization for r in fake.requests()] == ["bearer first", "bearer rotated"]
+
+
+class _Clock:
+    """Stands in for datetime.datetime inside kubernetes' in-cluster loader."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now

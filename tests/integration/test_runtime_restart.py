@@ -10,6 +10,7 @@ starts a new one detached. Every containerd started is killed by PID at teardown
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -82,6 +83,10 @@ def _stop(pid: int) -> None:
         time.sleep(0.05)
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
+    # When this process is a child subreaper (lab code may set that), the detached
+    # containerd became our child: reap it rather than leave a zombie.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture
@@ -204,7 +209,7 @@ def test_a_containerd_that_never_comes_back_is_not_ready(containerd: Containerd)
         "#!/bin/sh\n"
         f"old=$(cat {containerd.pidfile}); kill $old\n"
         # Like `systemctl stop`, return only once it is gone: a dying containerd still answers.
-        'while [ -e /proc/$old ] && ! grep -q zombie /proc/$old/status; do sleep 0.05; done\n'
+        "while [ -e /proc/$old ] && ! grep -q zombie /proc/$old/status; do sleep 0.05; done\n"
     )
     stop_only.chmod(0o755)
     manager = _manager(containerd, RestartMethod("command", (str(stop_only),)))

@@ -58,9 +58,7 @@ def test_real_maps_host_paths_under_the_root(fs: HostFS, root: Path) -> None:
     assert HostFS("/").real("/etc/x") == "/etc/x"
 
 
-@pytest.mark.parametrize(
-    "bad", ["etc/x", "/etc/../../outside", "/etc/x\0y", "", "/a/../b"]
-)
+@pytest.mark.parametrize("bad", ["etc/x", "/etc/../../outside", "/etc/x\0y", "", "/a/../b"])
 def test_real_refuses_relative_paths_dotdot_and_nul(fs: HostFS, bad: str) -> None:
     with pytest.raises(StoreError):
         fs.real(bad)
@@ -367,3 +365,29 @@ def test_nsenter_failure_is_a_result_not_an_exception() -> None:
     result = NsenterRunner(target=999_999_999).run(["true"], timeout=10)
     assert not result.ok
     assert "nsenter" in result.stderr
+
+
+def test_runner_timeout_applies_after_the_command_closed_its_output() -> None:
+    result = DirectRunner().run([str(SCRIPTS / "silent-hang.sh")], timeout=1.0)
+    assert result.timed_out
+    assert result.returncode == 128 + 9
+
+
+def test_resolution_never_walks_back_out_below_a_missing_component(fs: HostFS, root: Path) -> None:
+    (root / "etc/odd").symlink_to("missing/../../../../etc")
+    assert fs.resolve("/etc/odd/passwd").startswith(str(root) + "/")
+    assert ".." not in fs.resolve("/etc/odd/passwd").split("/")
+    (root / "etc/file").write_text("")
+    assert fs.read_bytes("/etc/file/below") is None
+
+
+def test_lock_creates_a_private_lock_file_and_refuses_a_link(
+    fs: HostFS, root: Path, tmp_path: Path
+) -> None:
+    with fs.lock("/etc/agent.lock"):
+        assert stat.S_IMODE((root / "etc/agent.lock").stat().st_mode) == 0o600
+    (root / "etc/link.lock").symlink_to(tmp_path / "elsewhere.lock")
+    with pytest.raises(StoreError) as err, fs.lock("/etc/link.lock"):
+        pass
+    assert err.value.kind == "symlink"
+    assert not (tmp_path / "elsewhere.lock").exists()

@@ -4,6 +4,7 @@ stops the agent with a recovery hint instead of being overwritten."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_file_is_versioned_json_with_sorted_keys_and_private(fs: HostFS) -> None
     assert text == json.dumps(doc, sort_keys=True, indent=2) + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.json"]  # no temp left
+    # No temp file left behind; the lock file serialises writers.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.json", "ledger.lock"]
 
 
 def test_writes_are_byte_for_byte_deterministic(fs: HostFS, tmp_path: Path) -> None:
@@ -161,3 +163,30 @@ def test_an_entry_filed_under_another_endpoint_is_corrupt(fs: HostFS) -> None:
 def test_an_unknown_state_cannot_be_constructed() -> None:
     with pytest.raises(ValueError):
         replace(ENTRY, state="done")
+
+
+def test_a_pathologically_nested_ledger_is_corrupt_not_a_crash(fs: HostFS) -> None:
+    path = Path(fs.real(LEDGER_PATH))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"[" * 100_000)
+    with pytest.raises(LedgerError) as err:
+        Ledger(fs).entries()
+    assert err.value.kind == "corrupt"
+
+
+def _put_many(root: str, worker: int) -> None:
+    ledger = Ledger(HostFS(root))
+    for i in range(10):
+        ledger.put(replace(ENTRY, endpoint=f"w{worker}-{i}.test:443"))
+
+
+def test_concurrent_writers_in_separate_processes_lose_no_entry(fs: HostFS) -> None:
+    """The daemon and a CLI run may write at once: every put survives."""
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_put_many, args=(fs.root, w)) for w in range(6)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert len(Ledger(fs).entries()) == 60

@@ -371,3 +371,18 @@ def test_containerd_and_crio_restarts_need_no_live_restore(root: Path) -> None:
     manager = RuntimeManager(HostFS(str(root)), RecordingRunner())
     manager.check_restart_allowed("containerd", allow_docker_without_live_restore=False)
     manager.check_restart_allowed("crio", allow_docker_without_live_restore=False)
+
+
+def test_a_pathologically_nested_daemon_json_is_a_refusal(root: Path) -> None:
+    manager = RuntimeManager(_daemon_json(root, "[" * 100_000), RecordingRunner())
+    with pytest.raises(RuntimeRestartError, match="not valid JSON") as err:
+        manager.check_restart_allowed("docker", allow_docker_without_live_restore=False)
+    assert err.value.kind == "refused"
+
+
+def test_a_broken_crio_conf_falls_back_to_the_default_socket(root: Path) -> None:
+    (root / "etc/crio").mkdir(parents=True)
+    manager = RuntimeManager(HostFS(str(root)), RecordingRunner())
+    for text in ("[crio\n", "crio = 5\n", "[crio.api]\nlisten = 3\n"):
+        (root / "etc/crio/crio.conf").write_text(text)
+        assert manager.socket("crio") == "/var/run/crio/crio.sock"

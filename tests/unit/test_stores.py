@@ -63,7 +63,7 @@ def host_with_containerd_config(tmp_path: Path, toml: str) -> HostFS:
 
 def test_parse_os_release_handles_quotes_comments_and_junk() -> None:
     text = (
-        '# comment\nID="opensuse-leap"\nID_LIKE=\'suse opensuse\'\nNAME=Plain\n'
+        "# comment\nID=\"opensuse-leap\"\nID_LIKE='suse opensuse'\nNAME=Plain\n"
         'PRETTY_NAME="A \\"quoted\\" name"\nnot a line\n=novalue\nVERSION_ID=1 # trailing\n'
     )
     assert parse_os_release(text) == {
@@ -398,3 +398,10 @@ def test_a_file_where_the_registry_dir_should_be_is_a_conflict(
     with pytest.raises(StoreError) as err:
         check_placement(fs, placement, ours=())
     assert err.value.kind == "conflict"
+
+
+def test_a_pathologically_nested_containerd_config_is_unavailable(tmp_path: Path) -> None:
+    fs = host_with_containerd_config(tmp_path, "a = " + "[" * 100_000)
+    with pytest.raises(StoreError, match="cannot parse") as err:
+        registry_store(fs, "containerd")
+    assert err.value.kind == "unavailable"

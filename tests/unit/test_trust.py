@@ -191,6 +191,7 @@ def test_a_single_der_certificate_is_accepted(pki: PKI) -> None:
     assert parse_pem_bundle(pki.root.der)[0].sha256 == pki.root.sha256
 
 
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=2048))
 def test_arbitrary_bytes_only_ever_raise_trust_error(data: bytes) -> None:
@@ -200,6 +201,8 @@ def test_arbitrary_bytes_only_ever_raise_trust_error(data: bytes) -> None:
         assert exc.kind == "malformed"
 
 
+# cryptography warns (rightly) about the negative serial numbers some corruptions produce
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @settings(max_examples=300, deadline=None)
 @given(position=st.integers(min_value=0), byte=st.integers(min_value=0, max_value=255))
 def test_corrupted_pem_only_ever_raises_trust_error(position: int, byte: int) -> None:

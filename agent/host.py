@@ -278,27 +278,15 @@ class HostFS:
 
     @contextlib.contextmanager
     def lock(self, path: str) -> Iterator[None]:
-        """Hold an exclusive flock on `path` (created 0600 if missing; parent must exist).
+        """Hold an exclusive flock on the existing directory `path` (reached without links).
 
-        Serialises read-modify-write of shared state between the daemon and a CLI run.
+        Serialises read-modify-write of shared state between the daemon and a CLI run;
+        locking the directory leaves no lock file behind.
         """
-        parts = split_host_path(path)
-        if not parts:
-            raise StoreError("cannot lock the host root", kind="io")
-        with self._open_dir(parts[:-1]) as dfd:
-            assert dfd is not None
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                fd = os.open(parts[-1], flags, 0o600, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise StoreError(f"refusing to lock symbolic link {path}", "symlink") from exc
-                raise StoreError(f"cannot open lock {path}: {exc.strerror}", kind="io") from exc
-        try:
+        with self._open_dir(split_host_path(path)) as fd:
+            assert fd is not None
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+            yield  # closing the fd releases the flock
 
     def remove_file(self, path: str) -> bool:
         """Delete a regular file; False when already gone. Links are refused, not removed."""

@@ -19,7 +19,6 @@ from agent.host import HostFS
 
 LEDGER_DIR = "/var/lib/ca-trust-agent"
 LEDGER_PATH = f"{LEDGER_DIR}/ledger.json"
-LEDGER_LOCK = f"{LEDGER_DIR}/ledger.lock"
 VERSION = 1
 STATES = ("installing", "installed", "removing")
 
@@ -143,7 +142,7 @@ class Ledger:
     def _locked(self) -> Iterator[None]:
         # The daemon and a CLI `install` on the same node must not lose each other's entry.
         self.fs.makedirs(LEDGER_DIR, mode=0o700)
-        with self.fs.lock(LEDGER_LOCK):
+        with self.fs.lock(LEDGER_DIR):
             yield
 
     def _write(self, entries: dict[str, LedgerEntry]) -> None:

@@ -327,6 +327,7 @@ class KubeClient:
 def _error_from(response: Any) -> ApiError:
     try:
         raw = response.read(_MAX_ERROR_BODY)
+        response.drain_conn()  # the connection goes back to the pool clean
     except (urllib3.exceptions.HTTPError, OSError):
         raw = b""
     finally:

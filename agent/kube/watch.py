@@ -117,6 +117,7 @@ class Watcher:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._stream: WatchStream | None = None
+        self._fresh_list = False  # listed, and no watch event since
 
     def stop(self) -> None:
         """End `events()` from any thread; an open stream is cut at once."""
@@ -138,19 +139,20 @@ class Watcher:
                 yield from self._watch_once()
                 reason = "stream-end"
             except _Expired:
-                self.resource_version = None
-                reason = "expired"
+                reason = self._expired()
             except ApiError as exc:
-                if exc.status == 410:
-                    self.resource_version = None
-                    reason = "expired"
-                else:
-                    reason = self._failed(exc)
+                reason = self._expired() if exc.status == 410 else self._failed(exc)
             except Exception as exc:  # a watch never takes the process down
                 reason = self._failed(exc)
             if self._stopping.is_set():
                 return
             self._restarted(reason)
+
+    def _expired(self) -> str:
+        if self._fresh_list:  # expired again before a single event: do not hammer the API
+            self._stopping.wait(self._backoff.next())
+        self.resource_version = None
+        return "expired"
 
     def _failed(self, exc: Exception) -> str:
         delay = self._backoff.next()
@@ -173,6 +175,7 @@ class Watcher:
         self._seen = {_key(o): _version(o) for o in items}
         self.resource_version = rv
         self._backoff.reset()
+        self._fresh_list = True
         self.synced.set()
         yield from events
 
@@ -215,6 +218,7 @@ class Watcher:
         if rv:
             self.resource_version = str(rv)
         self._backoff.reset()
+        self._fresh_list = False
         if kind == "BOOKMARK":
             return None
         if kind == "DELETED":

@@ -27,12 +27,11 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.detect import PodPullFailure, PullFailure, parse_pull_error, pull_failures_from_pod
 from agent.errors import (
-    AgentError,
     InputError,
     LedgerError,
     PolicyError,
@@ -61,7 +60,9 @@ settings.register_profile(
     max_examples=EXAMPLES,
     deadline=dt.timedelta(seconds=5),
     suppress_health_check=[
-        HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
     ],
     print_blob=True,
     database=None,  # failures print a reproduce blob; no .hypothesis/ litter in the tree
@@ -151,9 +152,9 @@ PULL_FRAGMENTS = [
 ]
 pull_text = st.one_of(
     st.text(max_size=400),
-    st.lists(
-        st.one_of(st.sampled_from(PULL_FRAGMENTS), st.text(max_size=6)), max_size=60
-    ).map("".join),
+    st.lists(st.one_of(st.sampled_from(PULL_FRAGMENTS), st.text(max_size=6)), max_size=60).map(
+        "".join
+    ),
 )
 
 
@@ -180,8 +181,11 @@ pod_like = st.fixed_dictionaries(
         "spec": st.one_of(
             json_values,
             st.fixed_dictionaries(
-                {"containers": st.lists(st.dictionaries(st.sampled_from(["name", "image"]),
-                                                        json_values), max_size=3)}
+                {
+                    "containers": st.lists(
+                        st.dictionaries(st.sampled_from(["name", "image"]), json_values), max_size=3
+                    )
+                }
             ),
         ),
         "status": st.one_of(
@@ -322,7 +326,9 @@ policy_values = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
         st.dictionaries(
-            st.one_of(st.sampled_from(["host", "pins", "caPEM", "scope", "x"]), st.text(max_size=8)),
+            st.one_of(
+                st.sampled_from(["host", "pins", "caPEM", "scope", "x"]), st.text(max_size=8)
+            ),
             inner,
             max_size=4,
         ),
@@ -362,9 +368,9 @@ def check_policy(text: str) -> None:
 @given(
     text=st.one_of(
         st.text(max_size=500),
-        st.lists(
-            st.one_of(st.sampled_from(YAML_FRAGMENTS), st.text(max_size=6)), max_size=50
-        ).map("".join),
+        st.lists(st.one_of(st.sampled_from(YAML_FRAGMENTS), st.text(max_size=6)), max_size=50).map(
+            "".join
+        ),
     )
 )
 @counted
@@ -501,7 +507,7 @@ OS_RELEASE_FRAGMENTS = [
     "ID_LIKE=",
     "debian",
     "rhel fedora",
-    "\"",
+    '"',
     "'",
     "\\",
     "#",
@@ -539,8 +545,8 @@ def test_os_release_parsing_never_raises_and_picks_a_known_layout(text: str) -> 
 
 
 TOML_FRAGMENTS = [
-    "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n",
-    "[plugins.\"io.containerd.cri.v1.images\".registry]\n",
+    '[plugins."io.containerd.grpc.v1.cri".registry]\n',
+    '[plugins."io.containerd.cri.v1.images".registry]\n',
     "[grpc]\n",
     "address = ",
     "config_path = ",
@@ -584,9 +590,9 @@ def check_containerd(fs: HostFS) -> None:
 @given(
     text=st.one_of(
         st.text(max_size=300),
-        st.lists(
-            st.one_of(st.sampled_from(TOML_FRAGMENTS), st.text(max_size=5)), max_size=40
-        ).map("".join),
+        st.lists(st.one_of(st.sampled_from(TOML_FRAGMENTS), st.text(max_size=5)), max_size=40).map(
+            "".join
+        ),
         st.builds(
             lambda table, path: f"{table}config_path = {json.dumps(path)}\n",
             st.sampled_from(TOML_FRAGMENTS[:2]),
@@ -702,15 +708,32 @@ def everything_under(root: str) -> set[str]:
 
 
 def within_allowed(rel: str) -> bool:
-    return any(rel == t or rel.startswith(t + "/") or t.startswith(rel + "/")
-               for t in ALLOWED_TREES)
+    return any(
+        rel == t or rel.startswith(t + "/") or t.startswith(rel + "/") for t in ALLOWED_TREES
+    )
+
+
+def _try_parse(text: str) -> HostPort | None:
+    try:
+        return parse_hostport(text)
+    except InputError:
+        return None
+
+
+def _anchor_pem() -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = pki.make_pki(Path(tmp))
+    return ca.root.pem
+
+
+REAL_ANCHOR_PEM = _anchor_pem()
 
 
 @FUZZ
 @given(
     endpoint=st.one_of(
         accepted_endpoints,
-        host_candidates.map(lambda t: _try_parse(t)).filter(lambda hp: hp is not None),
+        host_candidates.map(_try_parse).filter(lambda hp: hp is not None),
     ),
     registry=st.one_of(st.none(), accepted_endpoints),
     scope=st.sampled_from(["registry", "system"]),
@@ -747,20 +770,3 @@ def test_engine_install_and_remove_touch_only_the_agents_own_trees(
         left = everything_under(tmp.name) - before
         assert left <= {"var", "var/lib", "var/lib/ca-trust-agent", LEDGER_REL}, left
         assert engine.entries() == {}
-
-
-def _try_parse(text: str) -> HostPort | None:
-    try:
-        return parse_hostport(text)
-    except InputError:
-        return None
-
-
-def _anchor_pem() -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        ca = pki.make_pki(Path(tmp))
-    return ca.root.pem
-
-
-REAL_ANCHOR_PEM = _anchor_pem()
-

@@ -273,9 +273,7 @@ def _make_node(base: Path, scope: str, server_chain: pki.PKI) -> tuple[Path, Pat
         ("restart-runtime", RESTART_SCRIPT),
     ):
         path = bin_dir / name
-        path.write_text(
-            text.format(bin=bin_dir, root=root, bundle=BUNDLE, anchors=ANCHOR_DIR)
-        )
+        path.write_text(text.format(bin=bin_dir, root=root, bundle=BUNDLE, anchors=ANCHOR_DIR))
         path.chmod(0o755)
     return root, bin_dir
 
@@ -445,7 +443,9 @@ def test_a_temp_file_from_a_kill_inside_a_store_dir_is_harmless_to_readers(
     reason="defect: nothing ever removes a stale .ca-trust-agent-tmp-* file, so after a "
     "kill inside write_atomic `remove` leaves certs.d/<registry>/ (a dir we created) behind",
 )
-def test_remove_after_a_kill_inside_a_write_leaves_no_trace(node_factory: Callable[[str], Node]) -> None:
+def test_remove_after_a_kill_inside_a_write_leaves_no_trace(
+    node_factory: Callable[[str], Node],
+) -> None:
     node: Node = node_factory("registry")
     assert node.run("install").returncode == 0
     (node.store_dir / (TMP_PREFIX + "0123456789abcdef")).write_bytes(b"-----BEGIN CERT")

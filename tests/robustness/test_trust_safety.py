@@ -182,9 +182,7 @@ def test_an_intermediate_without_ca_true_trusts_nothing(node: Node, tmp_path: Pa
 # --- the node's file system ---------------------------------------------------------------
 
 
-def test_a_symlink_planted_at_our_file_is_not_written_through(
-    node: Node, good: TLSServer
-) -> None:
+def test_a_symlink_planted_at_our_file_is_not_written_through(node: Node, good: TLSServer) -> None:
     node.store_dir(good).mkdir(parents=True)
     (node.store_dir(good) / node.our_name(good)).symlink_to(node.base / "outside/victim.crt")
     node.refused(good, 6, "symlink")
@@ -233,9 +231,7 @@ def test_a_symlink_swapped_in_for_our_file_is_not_followed_by_remove(
     assert ours.is_symlink()
 
 
-def test_a_foreign_hosts_toml_is_a_conflict_not_a_silent_no_op(
-    node: Node, good: TLSServer
-) -> None:
+def test_a_foreign_hosts_toml_is_a_conflict_not_a_silent_no_op(node: Node, good: TLSServer) -> None:
     """containerd ignores *.crt in a host dir that has hosts.toml: our CA would do nothing."""
     node.store_dir(good).mkdir(parents=True)
     (node.store_dir(good) / "hosts.toml").write_text('server = "https://mirror.test"\n')
@@ -316,7 +312,10 @@ class World:
     def opt_in_with_policy(self, text: str) -> None:
         self.controller.on_node(
             {
-                "metadata": {"name": NODE, "annotations": {"ca-trust-agent.io/remediate": "enabled"}},
+                "metadata": {
+                    "name": NODE,
+                    "annotations": {"ca-trust-agent.io/remediate": "enabled"},
+                },
                 "status": {"nodeInfo": {"containerRuntimeVersion": "containerd://1.6.20"}},
             }
         )
@@ -363,9 +362,7 @@ def world(tmp_path: Path) -> World:
         '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
     )
     (root / "etc/os-release").write_text("ID=debian\n")
-    ca = pki.make_pki(
-        tmp_path / "pki", names=("registry.test", "auth.corp.test", "cdn.corp.test")
-    )
+    ca = pki.make_pki(tmp_path / "pki", names=("registry.test", "auth.corp.test", "cdn.corp.test"))
     chain = tuple(cert_from_der(c.public_bytes(Encoding.DER)) for c in ca.chain)
     fetches: list[HostPort] = []
 
@@ -439,4 +436,3 @@ def test_a_ca_removed_from_the_policy_disappears_from_the_node(world: World) -> 
     assert not ours.exists()
     assert not (world.root / CERTS_D).exists()
     assert world.controller.engine.entries() == {}
-    print(world.recorder.reasons())

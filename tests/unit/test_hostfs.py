@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -381,13 +383,26 @@ def test_resolution_never_walks_back_out_below_a_missing_component(fs: HostFS, r
     assert fs.read_bytes("/etc/file/below") is None
 
 
-def test_lock_creates_a_private_lock_file_and_refuses_a_link(
+def test_lock_is_exclusive_across_processes_and_refuses_a_link(
     fs: HostFS, root: Path, tmp_path: Path
 ) -> None:
-    with fs.lock("/etc/agent.lock"):
-        assert stat.S_IMODE((root / "etc/agent.lock").stat().st_mode) == 0o600
-    (root / "etc/link.lock").symlink_to(tmp_path / "elsewhere.lock")
-    with pytest.raises(StoreError) as err, fs.lock("/etc/link.lock"):
+    (root / "etc/state").mkdir()
+    probe = [sys.executable, "-c", PROBE_LOCK, str(root / "etc/state")]
+    with fs.lock("/etc/state"):
+        assert subprocess.run(probe, check=False).returncode == 1  # held: another can't take it
+    assert subprocess.run(probe, check=False).returncode == 0  # released on exit
+    assert os.listdir(root / "etc/state") == []  # no lock file left behind
+    (root / "etc/link").symlink_to(tmp_path)
+    with pytest.raises(StoreError) as err, fs.lock("/etc/link"):
         pass
     assert err.value.kind == "symlink"
-    assert not (tmp_path / "elsewhere.lock").exists()
+
+
+PROBE_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit(1)
+"""

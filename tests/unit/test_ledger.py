@@ -94,8 +94,7 @@ def test_file_is_versioned_json_with_sorted_keys_and_private(fs: HostFS) -> None
     assert text == json.dumps(doc, sort_keys=True, indent=2) + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    # No temp file left behind; the lock file serialises writers.
-    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.json", "ledger.lock"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.json"]  # no temp, no lock
 
 
 def test_writes_are_byte_for_byte_deterministic(fs: HostFS, tmp_path: Path) -> None:

@@ -382,3 +382,81 @@ def test_the_run_command_serves_probes_and_exits_cleanly_on_sigterm(cluster: Clu
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _RecordingRunner:
+    """Stands in for update-ca-certificates on a host-root tree."""
+
+    def run(self, argv: Any, *, timeout: float = 120.0) -> Any:
+        from agent.host import CommandResult
+
+        return CommandResult(tuple(argv), 0, "", "", 0.0, False)
+
+
+class _SlowRestarts:
+    """Stands in for RuntimeManager; records how many restarts overlap across agents."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.done: list[str] = []
+
+    def check_restart_allowed(self, runtime: str, **_: object) -> None:
+        pass
+
+    def restart(self, runtime: str, **_: object) -> float:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        time.sleep(0.5)
+        with self.lock:
+            self.active -= 1
+            self.done.append(runtime)
+        return 0.5
+
+
+def test_system_scope_restarts_take_turns_across_nodes_through_leases(cluster: Cluster) -> None:
+    cluster.api.put_object(
+        policy_obj('scope: system\nmaxConcurrentRestarts: 1\nregistries:\n  - host: "127.0.0.1"\n')
+    )
+    restarts = _SlowRestarts()
+    agents = []
+    for node in ("node-a", "node-b", "node-c"):
+        cluster.api.put_object(node_obj(node))
+        root = cluster.tmp / node
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/os-release").write_text("ID=debian\n")
+        engine = Engine(
+            HostFS(str(root)),
+            _RecordingRunner(),
+            manager=restarts,  # type: ignore[arg-type]
+            verify=lambda target, cafile: None,
+        )
+        agent = Agent(cluster.client(node), node, NS, engine, reconcile_seconds=3600)
+        agent.slots.poll_seconds = 0.1
+        agents.append(agent)
+    for agent in agents:
+        agent.start()
+    try:
+        for agent in agents:
+            wait_until(lambda a=agent: a.ready().ready)
+        for node in ("node-a", "node-b", "node-c"):
+            cluster.fail_pod(f"web-{node}", node=node)
+        wait_until(lambda: len(restarts.done) == 3, timeout=30)
+        assert restarts.max_active == 1
+        for node in ("node-a", "node-b", "node-c"):
+            wait_until(lambda n=node: cluster.node_events(n, "ContainerRuntimeRestarted"))
+        deferred = [
+            e
+            for n in ("node-a", "node-b", "node-c")
+            for e in cluster.node_events(n, "ContainerRuntimeRestartDeferred")
+        ]
+        assert deferred, "at least one node waited for the restart slot"
+    finally:
+        for agent in agents:
+            agent.stop()
+        for agent in agents:
+            agent.join()

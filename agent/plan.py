@@ -180,10 +180,9 @@ def plan_install(
     actions += [RemoveFile(f) for f in stale]
     stale_dirs = [d for d in old_dirs if d not in created and not _holds_any(d, new_files)]
     actions += [RemoveDir(d) for d in sorted(stale_dirs, key=len, reverse=True)]
-    refreshes = _unique_refreshes(
-        [p.refresh for p in placements if p.refresh]
-        + [tuple(r) for r in (previous.refresh if previous else ())]
-    )
+    # After a scope change the old store must forget our stale file too (its undo command).
+    stale_refresh = [tuple(r) for r in previous.refresh] if previous and stale else []
+    refreshes = _unique_refreshes([p.refresh for p in placements if p.refresh] + stale_refresh)
     actions += [Refresh(r) for r in refreshes]
     if verify is not None:
         actions.append(Verify(verify.target, verify.cafile))

@@ -178,7 +178,8 @@ class Engine:
             stores=tuple(pl.store for pl in placements),
             files=tuple(pl.file for pl in placements),
             dirs=(),
-            refresh=tuple(pl.refresh for pl in placements if pl.refresh),
+            # what undoes this install: the ledger runs it after removing our files
+            refresh=tuple(r for pl in placements if (r := pl.undo_refresh)),
             anchor_subject=anchor.subject,
             sha256=anchor.sha256,
             not_after=_iso(anchor.not_after),

@@ -27,6 +27,12 @@ class Placement:
     refresh: tuple[str, ...] | None  # argv to run after writing or removing (system scope)
     needs_restart: bool  # runtimes must restart to see it (system scope)
     verify_cafile: str  # host path a client trusts afterwards
+    # argv to run after removing our file (the ledger keeps it for undo); default: refresh
+    refresh_after_remove: tuple[str, ...] | None = None
+
+    @property
+    def undo_refresh(self) -> tuple[str, ...] | None:
+        return self.refresh_after_remove or self.refresh
 
 
 def safe(text: str) -> str:

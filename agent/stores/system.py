@@ -20,6 +20,10 @@ class _Layout:
     anchor_dir: str
     refresh: tuple[str, ...]
     bundle: str
+    # After a removal. Debian's update-ca-certificates counts only added links and "!"-listed
+    # removals, so a deleted local .crt leaves a dangling ca-trust-agent-*.pem link and its
+    # hash link in /etc/ssl/certs; --fresh rebuilds the links (seen on Debian 12).
+    refresh_after_remove: tuple[str, ...] | None = None
 
 
 LAYOUTS: dict[str, _Layout] = {
@@ -32,6 +36,7 @@ LAYOUTS: dict[str, _Layout] = {
         "/usr/local/share/ca-certificates",
         ("update-ca-certificates",),
         "/etc/ssl/certs/ca-certificates.crt",
+        ("update-ca-certificates", "--fresh"),
     ),
     "suse": _Layout(
         "/etc/pki/trust/anchors",
@@ -108,6 +113,7 @@ class SystemStore:
     anchor_dir: str
     refresh: tuple[str, ...]
     bundle: str
+    refresh_after_remove: tuple[str, ...] | None = None
 
     def placement(
         self, endpoint: HostPort, pem: bytes, registry: HostPort | None = None
@@ -123,6 +129,7 @@ class SystemStore:
             refresh=self.refresh,
             needs_restart=True,
             verify_cafile=self.bundle,
+            refresh_after_remove=self.refresh_after_remove,
         )
 
 
@@ -157,4 +164,5 @@ def system_store(fs: HostFS) -> SystemStore:
         anchor_dir=layout.anchor_dir,
         refresh=layout.refresh,
         bundle=layout.bundle,
+        refresh_after_remove=layout.refresh_after_remove,
     )

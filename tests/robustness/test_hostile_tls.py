@@ -76,8 +76,11 @@ class VerifyTrickleServer(TLSServer):
             super().handle(conn)
             return
         conn.recv(4096)
+        # A valid record header announcing 16 KiB, then the body one byte at a time.
+        sent = 0
         while not self._stop.wait(0.5):
-            conn.sendall(b"\x16")
+            conn.sendall(TrickleServer.HEADER[sent : sent + 1] or b"\x00")
+            sent += 1
 
 
 def _name(cn: str) -> x509.Name:
@@ -171,23 +174,45 @@ class Run:
         return str(error.get("kind")) if isinstance(error, dict) else ""
 
 
+# Linux carries a process's peak RSS across exec(), so a child forked from this (large)
+# pytest process would report at least our size. A small launcher forks the CLI from a
+# fresh interpreter instead and hands back the CLI's own ru_maxrss from os.wait4.
+LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = 0
+with open(sys.argv[1], "w") as fh:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "rss": usage.ru_maxrss}, fh)
+"""
+
+
 def run_cli(*args: str) -> Run:
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "rusage.json")
         start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", *args, "--json"],
-            stdout=out,
-            stderr=subprocess.DEVNULL,
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LAUNCHER,
+                report,
+                sys.executable,
+                "-m",
+                "agent",
+                *args,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            proc.returncode = 0  # reaped by wait4: keep Popen from waiting again
         seconds = time.monotonic() - start
-        out.seek(0)
-        text = out.read().decode()
-    code = os.waitstatus_to_exitcode(status)
-    return Run(code, json.loads(text) if text.strip() else {}, seconds, usage.ru_maxrss)
+        with open(report, encoding="utf-8") as fh:
+            usage = json.load(fh)
+    data = json.loads(out.stdout) if out.stdout.strip() else {}
+    return Run(usage["code"], data, seconds, usage["rss"])
 
 
 def in_process_fetch(hostport: str) -> tuple[str, float]:

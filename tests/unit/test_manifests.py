@@ -143,8 +143,8 @@ def test_namespaced_role_grants_exactly_the_policy_configmap_and_restart_leases(
     role = one(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert rules(role) == {
-        ("", "configmaps"): {"get", "list", "watch"},
-        ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"},
+        ("", "configmaps"): {"list", "watch"},
+        ("coordination.k8s.io", "leases"): {"get", "list", "create", "update"},
     }
 
 

@@ -502,11 +502,11 @@ class Engine:
 
     def _do_verify(self, target: HostPort, cafile: str) -> None:
         if self._verify is not None:
-            self._verify(target, self.fs.real(cafile))
+            self._verify(target, self.fs.resolve(cafile))
             return
         from agent.chain import verify_handshake
 
-        verify_handshake(target, self.fs.real(cafile))
+        verify_handshake(target, self.fs.resolve(cafile))
 
     def _rollback(self, intent: LedgerEntry, done: Sequence[p.Action], undo: _Undo) -> None:
         """Undo a failed install: put back the bytes that were there (or remove what we

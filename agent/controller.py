@@ -5,8 +5,9 @@ one worker thread (`work`) does everything that changes the node, in order, so t
 remediations never race and at most one runtime restart is in progress on this node.
 
 Everything the controller does to the cluster goes through two narrow interfaces — a
-`Recorder` for Events and a `Cluster` for the few reads and patches it needs — so tests can
-drive it directly and the daemon wires it to the real API.
+`Recorder` for Events and a `Cluster` for the few reads and patches it needs (and, for
+recyclePods, a `PodRecycler` that evicts in its own thread) — so tests can drive it directly
+and the daemon wires it to the real API.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from agent.flights import Flights
 from agent.hostport import HostPort, parse_hostport
 from agent.ledger import LedgerEntry
 from agent.policy import DEFAULT_POLICY, Policy, parse_policy
+from agent.recycle import FailingPod, Owner, controller_owner
 from agent.remediate import Engine, InstallRequest, Result
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,20 @@ class Metrics(Protocol):
     def set_trusted(self, not_after: Mapping[str, datetime]) -> None: ...
 
 
+class PodRecycler(Protocol):
+    """recyclePods (agent.kube.evict.Recycler): both calls only queue work, never block."""
+
+    def recycle(self, endpoint: str, pods: Iterable[FailingPod]) -> object: ...
+
+    def late(self, pod: FailingPod, endpoint: str) -> object: ...
+
+
 @dataclass(frozen=True)
 class PodRef:
     namespace: str
     name: str
     uid: str
+    owner: Owner | None = None  # the controlling ownerReference: may recyclePods evict it?
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Controller:
     recorder: Recorder
     cluster: Cluster
     metrics: Metrics | None = None
+    recycler: PodRecycler | None = None
     flights: Flights = field(default_factory=lambda: Flights(clock=time.monotonic))
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -167,7 +179,12 @@ class Controller:
 
     def on_pod(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        ref = PodRef(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
+        ref = PodRef(
+            meta.get("namespace", ""),
+            meta.get("name", ""),
+            meta.get("uid", ""),
+            controller_owner(meta),
+        )
         failures = [p.failure for p in pull_failures_from_pod(obj) if p.failure is not None]
         with self._lock:
             # Remember who is failing now, so a policy change or an opt-in can act on them
@@ -275,7 +292,11 @@ class Controller:
             return
         key = verdict.endpoint.key if verdict.endpoint else failure.message[:200]
         if not self.flights.admit(key):
-            return  # one remediation per host: this one is in flight or backing off
+            # one remediation per host: this one is in flight or backing off, or it just
+            # succeeded and this pod's pull had started before the CA was in place
+            if verdict.action == g.REMEDIATE and verdict.endpoint is not None:
+                self._recycle_late(pod, failure, verdict.endpoint.key, policy)
+            return
         if verdict.action in (g.DENY, g.REPORT):
             assert verdict.event_reason is not None
             self._both(pod, WARNING, verdict.event_reason, verdict.message)
@@ -314,6 +335,7 @@ class Controller:
             return None
         self.flights.succeeded(key)
         self._report_result(result, pod)
+        self._recycle(result)
         if self.metrics:
             self.metrics.record_remediation(_metric_result(result), time.perf_counter() - t0)
         self._publish()
@@ -363,6 +385,43 @@ class Controller:
             )
             if self.metrics:
                 self.metrics.record_runtime_restart(",".join(self.engine.runtimes) or "?", err.kind)
+
+    # ------------------------------------------------------------ recyclePods
+
+    def _recycle(self, result: Result) -> None:
+        """The CA now works for this endpoint: hand the pods still failing there to the
+        recycler, which evicts the owned ones in its own thread (PDB retries included)."""
+        with self._lock:
+            enabled = self.policy.recycle_pods
+            failing = list(self._failing.values())
+        if not enabled or self.recycler is None or not _effective(result):
+            return
+        pods = [_failing_pod(ref, failures) for ref, failures in failing]
+        self.recycler.recycle(result.endpoint.key, pods)
+
+    def _recycle_late(
+        self, pod: PodRef, failure: PullFailure, endpoint: str, policy: Policy
+    ) -> None:
+        # only pods whose status shows the failure: the recycler re-checks that status
+        # right before evicting, which a failure known only from an Event cannot pass
+        if (
+            policy.recycle_pods
+            and not policy.dry_run
+            and self.recycler is not None
+            and self.still_failing(pod.uid, endpoint)
+        ):
+            self.recycler.late(_failing_pod(pod, [failure]), endpoint)
+
+    def recycling_enabled(self) -> bool:
+        with self._lock:
+            return self.opted_in and self.policy.recycle_pods and not self.policy.dry_run
+
+    def still_failing(self, uid: str, endpoint: str) -> bool:
+        """The pod's latest status still shows a pull failure at `endpoint` (the recycler
+        asks right before evicting: kubelet's own retry may have fixed it meanwhile)."""
+        with self._lock:
+            entry = self._failing.get(uid)
+        return entry is not None and endpoint in _failing_hosts(entry[1])
 
     def _report(self, pod: PodRef | None, type_: str, reason: str, message: str) -> None:
         if pod is None:
@@ -531,6 +590,24 @@ def _metric_result(result: Result) -> str:
     if result.restart_error is not None:
         return "restart-" + result.restart_error.kind
     return "trusted"
+
+
+def _effective(result: Result) -> bool:
+    """The CA is in place and in use: pulls retried now succeed. Not when a runtime restart
+    is still owed (refused, or `restart: never`), nor for a dry run."""
+    return (
+        result.status in ("installed", "unchanged")
+        and result.restart_error is None
+        and not result.restart_required
+    )
+
+
+def _failing_hosts(failures: Sequence[PullFailure]) -> frozenset[str]:
+    return frozenset(f.failing.key for f in failures if f.failing is not None)
+
+
+def _failing_pod(ref: PodRef, failures: Sequence[PullFailure]) -> FailingPod:
+    return FailingPod(ref.namespace, ref.name, ref.uid, ref.owner, _failing_hosts(failures))
 
 
 def _creating_sandbox(pod: Mapping[str, Any]) -> bool:

@@ -22,12 +22,14 @@ from agent import __version__
 from agent.controller import Controller
 from agent.errors import InputError
 from agent.host import DirectRunner, HostFS, NsenterRunner
-from agent.kube.client import KubeClient, resource_path
+from agent.kube.client import KubeClient, RetryPolicy, resource_path
 from agent.kube.events import EventRecorder
+from agent.kube.evict import Eviction, Recycler, evict
 from agent.kube.lease import RestartSlots
 from agent.kube.node import TrustedRegistriesAnnotation
 from agent.kube.watch import Watcher
 from agent.metrics import Metrics, Readiness, serve
+from agent.recycle import DEFAULT_LIMITS, Limits
 from agent.remediate import Engine
 from agent.runtime import RestartMethod, restart_method_from_env
 
@@ -37,10 +39,16 @@ POLICY_NAME = "ca-trust-agent"
 
 
 class ApiCluster:
-    """The controller's narrow view of the API: pod Events and the node annotation."""
+    """The controller's narrow view of the API: pod Events, the node annotation, and
+    evictions for recyclePods."""
 
-    def __init__(self, client: KubeClient, node_name: str) -> None:
+    def __init__(
+        self, client: KubeClient, node_name: str, *, evict_client: KubeClient | None = None
+    ) -> None:
         self.client = client
+        # A client that does not retry a 429 in place: the Recycler schedules the retries of
+        # a refused eviction itself (agent.kube.evict).
+        self.evict_client = evict_client or client
         # remembers the last value written, so an unchanged list sends no PATCH
         self._annotation = TrustedRegistriesAnnotation(client, node_name)
 
@@ -52,6 +60,9 @@ class ApiCluster:
 
     def set_trusted_registries(self, node_name: str, keys: Sequence[str]) -> None:
         self._annotation.update(keys)
+
+    def evict(self, namespace: str, name: str, uid: str) -> Eviction:
+        return evict(self.evict_client, namespace, name, uid=uid)
 
 
 class Agent:
@@ -67,6 +78,8 @@ class Agent:
         metrics: Metrics | None = None,
         reconcile_seconds: float = 300.0,
         explicit_runtimes: bool = False,
+        evict_client: KubeClient | None = None,
+        recycle_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.client = client
         self.node_name = node_name
@@ -76,13 +89,25 @@ class Agent:
             client, host=node_name, on_drop=self.metrics.record_event_dropped, queue_size=256
         )
         self.engine = engine
+        cluster = ApiCluster(client, node_name, evict_client=evict_client)
         self.controller = Controller(
             node_name=node_name,
             engine=engine,
             recorder=self.recorder,
-            cluster=ApiCluster(client, node_name),
+            cluster=cluster,
             metrics=self.metrics,
         )
+        # recyclePods: idle unless the policy turns it on; its own thread (PDB retries)
+        self.recycler = Recycler(
+            node_name=node_name,
+            evict=cluster.evict,
+            recorder=self.recorder,
+            still_failing=self.controller.still_failing,
+            enabled=self.controller.recycling_enabled,
+            metrics=self.metrics,
+            limits=recycle_limits,
+        )
+        self.controller.recycler = self.recycler
         self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
         self.reconcile_seconds = reconcile_seconds
@@ -128,6 +153,7 @@ class Agent:
         for name in ("node", "policy", "pods"):
             self._spawn(f"watch-{name}", self._pump, name, handlers[name])
         self._spawn("worker", self.controller.work, self.stopping)
+        self._spawn("recycler", self.recycler.serve, self.stopping)
         self._spawn("reconcile", self._reconcile_timer)
 
     def ready(self) -> Readiness:
@@ -144,6 +170,7 @@ class Agent:
         for w in self.watchers.values():
             w.stop()
         self.controller.stop()
+        self.recycler.wake()
 
     def wait(self, timeout: float | None = None) -> None:
         self.stopping.wait(timeout)
@@ -243,8 +270,11 @@ def run(args: argparse.Namespace) -> int:
     fs = HostFS(args.host_root)
     engine = Engine(fs, _runner(args), runtimes=args.runtime, restart_method=_restart_method(args))
     # the node in the User-Agent: API audit logs then say which agent did what
-    client = KubeClient.from_config(
-        args.kubeconfig, user_agent=f"ca-trust-agent/{__version__} ({args.node_name})"
+    user_agent = f"ca-trust-agent/{__version__} ({args.node_name})"
+    client = KubeClient.from_config(args.kubeconfig, user_agent=user_agent)
+    # evictions: one attempt per call, the Recycler owns the retry schedule
+    evict_client = KubeClient.from_config(
+        args.kubeconfig, user_agent=user_agent, retry=RetryPolicy(attempts=1)
     )
     metrics = Metrics()
     agent = Agent(
@@ -255,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         reconcile_seconds=args.reconcile_seconds,
         explicit_runtimes=bool(args.runtime),
+        evict_client=evict_client,
     )
     host, port = _address(args.metrics_address)
     server = serve(metrics, host=host, port=port, readiness=agent.ready)
@@ -275,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
         agent.join()
         server.stop()
         client.close()
+        evict_client.close()
     return 0
 
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
+from agent import failpoints
 from agent.errors import StoreError
 
 TMP_PREFIX = ".ca-trust-agent-tmp-"
@@ -119,9 +120,10 @@ class HostFS:
             return None
         except OSError as exc:
             raise StoreError(f"cannot read {path} ({real}): {exc.strerror}", kind="io") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)  # a directory or FIFO where a node file should be: never read it
+            raise StoreError(f"{path} ({real}) is not a regular file", kind="io")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(f"{path} ({real}) is not a regular file", kind="io")
             data = fh.read(limit + 1)
         if len(data) > limit:
             raise StoreError(f"{path} ({real}) is larger than {limit} bytes", kind="io")
@@ -257,9 +259,11 @@ class HostFS:
                     fh.flush()
                     os.fchmod(fd, mode)
                     os.fsync(fd)
+                failpoints.hit("write:temp-written")
                 # rename() replaces a link rather than following it, so a link planted after
                 # the check above still cannot redirect the write.
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                failpoints.hit("write:renamed")
                 os.fsync(dfd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
@@ -312,6 +316,26 @@ class HostFS:
                 raise StoreError(f"cannot remove {path}: {exc.strerror}", kind="io") from exc
             os.fsync(dfd)
             return True
+
+    def remove_temp_files(self, path: str) -> int:
+        """Delete `.ca-trust-agent-tmp-*` files a killed write left in directory `path`.
+
+        Ours by name; no trust tool reads them (they are not *.crt), but they would keep a
+        directory we created from being removed. Returns how many went.
+        """
+        removed = 0
+        with self._open_dir(split_host_path(path), missing_ok=True) as dfd:
+            if dfd is None:
+                return 0
+            for name in os.listdir(dfd):
+                if not name.startswith(TMP_PREFIX):
+                    continue
+                st = os.lstat(name, dir_fd=dfd)
+                if stat.S_ISREG(st.st_mode):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
+                        removed += 1
+        return removed
 
     def remove_dir(self, path: str) -> bool:
         """Delete an empty directory; False when gone or not empty. Links are refused."""

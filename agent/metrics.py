@@ -103,6 +103,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.pods_recycled = Counter(
+            "pods_recycled",
+            "Failing pods handled by recyclePods after a fix, by result (evicted, refused, "
+            "gone, recovered, gave-up, error, bare, over-cap, cooling, retry, cancelled).",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         # Series that are set, not only incremented, are replaced as a whole under this lock
         # so a scrape never sees a half-updated set of endpoints.
         self._lock = threading.Lock()
@@ -117,6 +125,9 @@ class Metrics:
 
     def record_watch_restart(self, resource: str, reason: str) -> None:
         self.watch_restarts.labels(resource=resource, reason=reason).inc()
+
+    def record_pod_recycled(self, result: str) -> None:
+        self.pods_recycled.labels(result=result).inc()
 
     def record_event_dropped(self, reason: str = "") -> None:
         """Count a dropped Event. `reason` (rate-limited, api-error, ...) is accepted so this

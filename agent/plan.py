@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from agent.hostport import HostPort
+from agent.errors import LedgerError
 from agent.ledger import LedgerEntry
-from agent.stores import Placement
+from agent.stores import FILE_PREFIX, Placement
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Verify:
 
     target: HostPort
     cafile: str
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def describe(action: Action) -> str:
             return f"remove directory {path} if empty"
         case Refresh(argv):
             return "run " + " ".join(argv)
-        case Verify(target, cafile):
+        case Verify(target, cafile, _):
             return f"verify a TLS handshake to {target.key} trusting only {cafile}"
         case Restart(runtime):
             return f"restart {runtime} and wait until it answers"
@@ -155,6 +157,8 @@ def plan_install(
     """
     if is_current(previous, placements, disk):
         return ()
+    if previous is not None:
+        check_ours(previous)
     old_files = tuple(previous.files) if previous else ()
     old_dirs = tuple(previous.dirs) if previous else ()
     new_files = tuple(p.file for p in placements)
@@ -185,15 +189,43 @@ def plan_install(
     refreshes = _unique_refreshes([p.refresh for p in placements if p.refresh] + stale_refresh)
     actions += [Refresh(r) for r in refreshes]
     if verify is not None:
-        actions.append(Verify(verify.target, verify.cafile))
+        actions.append(verify)
     actions += [Restart(r) for r in restart_runtimes]
     final = replace(entry, state="installed", dirs=tuple(d for d in dirs if d not in stale_dirs))
     actions.append(RecordLedger(final))
     return tuple(actions)
 
 
+def check_ours(entry: LedgerEntry) -> None:
+    """Refuse an entry that names paths we can never have written (a tampered ledger).
+
+    Every file we write is named ca-trust-agent-*.crt, and every directory we create holds
+    one of them; anything else in an entry would make `remove` delete a stranger's file.
+    """
+    bad = [f for f in entry.files if not _our_file(f)]
+    files = [f for f in entry.files if _our_file(f)]
+    bad += [d for d in entry.dirs if not _holds_any(d, files) or ".." in d.split("/")]
+    if bad:
+        raise LedgerError(
+            f"ledger entry {entry.endpoint} names paths ca-trust-agent never writes: "
+            f"{', '.join(bad)}; refusing to touch them (edit or remove the ledger entry)",
+            kind="not-ours",
+        )
+
+
+def _our_file(path: str) -> bool:
+    name = posixpath.basename(path)
+    return (
+        path.startswith("/")
+        and ".." not in path.split("/")
+        and name.startswith(FILE_PREFIX)
+        and name.endswith(".crt")
+    )
+
+
 def plan_remove(entry: LedgerEntry, *, restart_runtimes: Sequence[str]) -> tuple[Action, ...]:
     """Undo exactly what the ledger entry names, then forget it."""
+    check_ours(entry)
     actions: list[Action] = [RecordLedger(replace(entry, state="removing"))]
     actions += [RemoveFile(f) for f in entry.files]
     actions += [RemoveDir(d) for d in sorted(entry.dirs, key=len, reverse=True)]

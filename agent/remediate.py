@@ -164,10 +164,13 @@ class Engine:
         registry = req.registry or req.endpoint
         analysis, anchor = self._analysis(req, timings)
         scope, placements = self._placements(req, registry, anchor)
-        for pl in placements:
-            check_placement(self.fs, pl, ours=self._our_files())
-        restart_runtimes = self._restart_targets(req, placements)
         previous = self.entries().get(req.endpoint.key)
+        # Only this endpoint's own files may be replaced: another entry's file is not "ours"
+        # for this install, whatever its name.
+        ours = set(previous.files) if previous else set()
+        for pl in placements:
+            check_placement(self.fs, pl, ours=ours)
+        restart_runtimes = self._restart_targets(req, placements)
         disk = self._disk_state(placements, previous)
         now = self._clock()
         entry = LedgerEntry(
@@ -337,13 +340,7 @@ class Engine:
     ) -> p.Verify | None:
         if analysis is None:
             return None  # declarative: the registry need not be reachable from here
-        return p.Verify(req.endpoint, placements[0].verify_cafile)
-
-    def _our_files(self) -> set[str]:
-        ours: set[str] = set()
-        for e in self.entries().values():
-            ours.update(e.files)
-        return ours
+        return p.Verify(req.endpoint, placements[0].verify_cafile, req.timeout)
 
     def _disk_state(
         self, placements: Sequence[Placement], previous: LedgerEntry | None
@@ -423,7 +420,11 @@ class Engine:
         touched: list[str] = []
         for key, entry in sorted(self.entries().items()):
             if entry.state in ("installing", "removing"):
-                self._apply(p.plan_remove(entry, restart_runtimes=()), {}, undo=None)
+                try:
+                    self._apply(p.plan_remove(entry, restart_runtimes=()), {}, undo=None)
+                except AgentError as exc:  # one bad entry must not block the others
+                    log.warning("cannot converge ledger entry %s: %s", key, exc)
+                    continue
                 touched.append(key)
         return touched
 
@@ -452,6 +453,7 @@ class Engine:
                 except RuntimeRestartError as exc:
                     log.warning("runtime restart failed: %s", exc)
                     restart_error = exc
+                failpoints.hit("apply:after:Restart")
                 continue
             if isinstance(action, p.RecordLedger) and action.entry.state == "installed":
                 action = p.RecordLedger(replace(action.entry, restarted=tuple(restarted)))
@@ -483,7 +485,10 @@ class Engine:
                     self.fs.write_atomic(path, content, mode)
             case p.RemoveFile(path):
                 self.fs.remove_file(path)
+                # a write killed half-way may have left its temp file beside ours
+                self.fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
             case p.RemoveDir(path):
+                self.fs.remove_temp_files(path)
                 self.fs.remove_dir(path)
             case p.Refresh(argv):
                 with self._timed(timings, "refresh"):
@@ -494,19 +499,19 @@ class Engine:
                         f"{' '.join(argv)} failed (exit {res.returncode}): {detail}",
                         kind="refresh-failed",
                     )
-            case p.Verify(target, cafile):
+            case p.Verify(target, cafile, timeout):
                 with self._timed(timings, "verify"):
-                    self._do_verify(target, cafile)
+                    self._do_verify(target, cafile, timeout)
             case p.Restart():  # handled by _apply
                 pass
 
-    def _do_verify(self, target: HostPort, cafile: str) -> None:
+    def _do_verify(self, target: HostPort, cafile: str, timeout: float) -> None:
         if self._verify is not None:
             self._verify(target, self.fs.resolve(cafile))
             return
         from agent.chain import verify_handshake
 
-        verify_handshake(target, self.fs.resolve(cafile))
+        verify_handshake(target, self.fs.resolve(cafile), timeout=timeout)
 
     def _rollback(self, intent: LedgerEntry, done: Sequence[p.Action], undo: _Undo) -> None:
         """Undo a failed install: put back the bytes that were there (or remove what we

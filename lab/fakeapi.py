@@ -15,13 +15,17 @@ with the semantics the agent relies on:
 - POST (generateName, 409 AlreadyExists), PUT (409 Conflict on a stale resourceVersion),
   merge / strategic-merge (treated as merge) / JSON patch, DELETE (with preconditions);
   pods and nodes have a `status` subresource: the main resource keeps the old status;
+- pods have the `eviction` subresource: POST a policy/v1 Eviction deletes the pod (201 with a
+  Success Status), honouring `deleteOptions.preconditions`; no PodDisruptionBudgets are
+  modelled, a test refuses evictions explicitly (`refuse_evictions`);
 - every error is a metav1 Status.
 
 Simplifications, on purpose: no authentication, no admission, no defaulting or validation
 beyond names, no graceful pod deletion (deletes are immediate), LIST always serves the
 latest state, and a paginated LIST continues from the current state.
 
-Test controls: `expire_history()`, `drop_watches()`, `pause()` / `resume()`, per-client byte
+Test controls: `expire_history()`, `drop_watches()`, `pause()` / `resume()`,
+`refuse_evictions()` (429 as a PodDisruptionBudget answers), per-client byte
 counters (`bytes_sent`) keyed by the `X-Fake-Client` header or else the User-Agent, a request
 log (`requests`), and `put_object` / `get_object` / `delete_object` to set state directly as
 kubelet or a controller would.
@@ -345,6 +349,7 @@ class _Route:
     namespace: str | None
     name: str | None
     status: bool
+    eviction: bool = False  # pods/NAME/eviction
 
 
 def _route(path: str) -> _Route:
@@ -359,16 +364,32 @@ def _route(path: str) -> _Route:
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
     kind = KINDS.get(rest[0]) if rest else None
+    sub = rest[2] if len(rest) == 3 else None
     ok = (
         kind is not None
         and kind.api_version == api_version
         and (kind.namespaced or namespace is None)
         and len(rest) <= 3
-        and (len(rest) < 3 or (rest[2] == "status" and kind.has_status))
+        and (
+            sub is None
+            or (sub == "status" and kind.has_status)
+            or (sub == "eviction" and kind.plural == "pods")
+        )
     )
     if not ok or kind is None:
         raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
-    return _Route(kind, namespace, rest[1] if len(rest) > 1 else None, len(rest) == 3)
+    name = rest[1] if len(rest) > 1 else None
+    return _Route(kind, namespace, name, sub == "status", sub == "eviction")
+
+
+@dataclass
+class _Refusal:
+    """An eviction refusal a test asked for (`refuse_evictions`)."""
+
+    left: int
+    pod: tuple[str, str] | None
+    budget: str
+    retry_after: int
 
 
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as apiserver's generateName
@@ -393,6 +414,7 @@ class FakeApiServer:
         self._bytes: dict[str, int] = {}
         self._requests: list[RequestRecord] = []
         self._injected: deque[int] = deque()
+        self._refusals: list[_Refusal] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.api = self
         self._scheme = "http"
@@ -460,6 +482,28 @@ class FakeApiServer:
         """Answer the next `count` requests with this HTTP error (429 carries Retry-After: 1)."""
         with self._lock:
             self._injected.extend([code] * count)
+
+    def refuse_evictions(
+        self,
+        count: int = 1,
+        *,
+        pod: tuple[str, str] | None = None,
+        budget: str = "test-pdb",
+        retry_after: int = 10,
+    ) -> None:
+        """Refuse the next `count` evictions (of `pod`=(namespace, name) only, when given)
+        as kube-apiserver does for a PodDisruptionBudget: 429 TooManyRequests, a
+        DisruptionBudget cause, and Retry-After (the real server says 10 s)."""
+        with self._lock:
+            self._refusals.append(_Refusal(count, pod, budget, retry_after))
+
+    def _refusal(self, namespace: str, name: str) -> _Refusal | None:
+        """Caller holds the lock: the refusal that applies to this eviction, spent once."""
+        for r in self._refusals:
+            if r.left > 0 and r.pod in (None, (namespace, name)):
+                r.left -= 1
+                return r
+        return None
 
     def _take_injected(self) -> int | None:
         with self._lock:
@@ -588,6 +632,10 @@ class FakeApiServer:
     def handle(self, method: str, route: _Route, query: dict[str, str], body: Any,
                content_type: str) -> tuple[int, JSON]:
         kind = route.kind
+        if route.eviction:
+            if method != "POST" or route.namespace is None or route.name is None:
+                raise ApiFailure(405, "MethodNotAllowed", f"{method} is not supported here")
+            return self._evict(route.namespace, route.name, body)
         if method == "GET" and route.name is None:
             return 200, self._list(route, query)
         if method == "POST" and route.name is None and not route.status:
@@ -624,6 +672,40 @@ class FakeApiServer:
             else:
                 raise ApiFailure(405, "MethodNotAllowed", f"{method} is not supported")
             return 200, self._update(kind, route, key, old, new)
+
+    def _evict(self, namespace: str, name: str, body: Any) -> tuple[int, JSON]:
+        """POST pods/NAME/eviction, as the apiserver's eviction REST does it."""
+        if not isinstance(body, dict) or body.get("kind") != "Eviction" or body.get(
+            "apiVersion"
+        ) not in ("policy/v1", "policy/v1beta1"):
+            raise ApiFailure(400, "BadRequest", "expected a policy/v1 Eviction")
+        if (body.get("metadata") or {}).get("name") != name:
+            raise ApiFailure(400, "BadRequest", "name in URL does not match name in Eviction "
+                             "object")
+        key = ("pods", namespace, name)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise ApiFailure(404, "NotFound", f'pods "{name}" not found',
+                                 {"name": name, "kind": "pods"})
+            self._check_preconditions(KINDS["pods"], name, old, body.get("deleteOptions"))
+            refusal = self._refusal(namespace, name)
+            if refusal is not None:
+                raise ApiFailure(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    {
+                        "causes": [{
+                            "reason": "DisruptionBudget",
+                            "message": f"The disruption budget {refusal.budget} needs 1 "
+                            "healthy pods and has 1 currently",
+                        }],
+                        "retryAfterSeconds": refusal.retry_after,
+                    },
+                )
+            self._remove(key)
+        return 201, {**status_object(201, "", ""), "status": "Success"}
 
     def _list(self, route: _Route, query: dict[str, str]) -> JSON:
         kind = route.kind
@@ -897,7 +979,9 @@ class _Handler(BaseHTTPRequestHandler):
             code, payload = failure.code, failure.status()
         except (ValueError, KeyError) as exc:
             code, payload = 400, status_object(400, "BadRequest", f"bad request: {exc}")
-        self._send_json(code, payload)
+        # the apiserver turns a Status's retryAfterSeconds into the Retry-After header
+        retry = (payload.get("details") or {}).get("retryAfterSeconds") if code >= 400 else None
+        self._send_json(code, payload, retry_after=None if retry is None else str(retry))
 
     def _send_json(self, code: int, payload: JSON, retry_after: str | None = None) -> None:
         data = json.dumps(payload).encode()

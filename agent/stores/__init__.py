@@ -6,6 +6,7 @@ through `HostFS`, and `check_placement` says beforehand whether writing is safe.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ def safe(text: str) -> str:
 
 
 def file_name(endpoint_key: str) -> str:
+    """`ca-trust-agent-<host>_<port>.crt`; distinct endpoints never share a name.
+
+    DNS names and IPv4 addresses only hold [a-z0-9._-], so `host_port` is unambiguous
+    (the port is the last `_digits`). An IPv6 literal's brackets and colons would map to
+    `_` and could then equal a host name of underscores, so IPv6 gets the exploded address
+    behind `ipv6+`, a character no host name has.
+    """
+    host, _, port = endpoint_key.rpartition(":")
+    if host.startswith("["):
+        exploded = ipaddress.IPv6Address(host.strip("[]")).exploded.replace(":", ".")
+        return f"{FILE_PREFIX}ipv6+{exploded}_{port}.crt"
     return f"{FILE_PREFIX}{safe(endpoint_key)}.crt"
 
 

@@ -15,6 +15,7 @@ each test actually ran is appended to it (scripts/fuzz prints the total).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent.detect import PodPullFailure, PullFailure, parse_pull_error, pull_failures_from_pod
@@ -44,8 +45,8 @@ from agent.hostport import HostPort, parse_hostport
 from agent.ledger import Ledger
 from agent.policy import Policy, parse_policy
 from agent.remediate import Engine, InstallRequest
-from agent.runtime import RuntimeManager, containerd_socket
-from agent.stores import safe
+from agent.runtime import RuntimeManager, containerd_socket, detect_runtimes
+from agent.stores import file_name, safe
 from agent.stores.registry import load_containerd_config, registry_store
 from agent.stores.system import LAYOUTS, parse_os_release, system_store
 from agent.trust import cert_from_der, parse_pem_bundle, pem_bundle
@@ -490,6 +491,29 @@ def test_ports_out_of_range_are_refused(host: str, port: int) -> None:
     check_hostport(hp)
 
 
+def _try_parse(text: str) -> HostPort | None:
+    try:
+        return parse_hostport(text)
+    except InputError:
+        return None
+
+
+def _twin(hp: HostPort) -> HostPort | None:
+    """A DNS-name endpoint spelled like `hp`'s file name, when one is valid."""
+    host = safe(hp.bracketed)
+    return None if host == hp.host else _try_parse(f"{host}:{hp.port}")
+
+
+@FUZZ
+@given(hp=st.one_of(accepted_endpoints, st.ip_addresses(v=6).map(lambda ip: HostPort(str(ip)))))
+@counted
+def test_distinct_endpoints_never_share_a_file_name(hp: HostPort) -> None:
+    twin = _twin(hp)
+    assume(twin is not None and twin != hp)
+    assert twin is not None
+    assert file_name(twin.key) != file_name(hp.key), (hp.key, twin.key)
+
+
 # --- node files: os-release, containerd config.toml, docker daemon.json ------------------
 
 
@@ -674,6 +698,63 @@ def test_a_ledger_we_cannot_read_is_a_ledger_error(data: bytes) -> None:
     assert isinstance(entries, dict)
 
 
+# A node file can be anything an admin (or an attacker with a hostPath) put there.
+SPECIAL_FILES = ("fifo", "directory", "symlink-loop", "2-GiB-sparse", "link-out-of-the-root")
+NODE_FILE_READERS: dict[str, Callable[[HostFS], object]] = {
+    "/etc/os-release": system_store,
+    "/etc/containerd/config.toml": lambda fs: (
+        containerd_socket(fs),
+        detect_runtimes(fs),
+        registry_store(fs, "containerd"),
+    ),
+    "/etc/docker/daemon.json": lambda fs: RuntimeManager(fs, _NoRunner()).check_restart_allowed(
+        "docker", allow_docker_without_live_restore=False
+    ),
+    "/var/lib/ca-trust-agent/ledger.json": lambda fs: Ledger(fs).entries(),
+}
+EXPECTED_ERRORS = {
+    "/etc/os-release": StoreError,
+    "/etc/containerd/config.toml": StoreError,
+    "/etc/docker/daemon.json": RuntimeRestartError,
+    "/var/lib/ca-trust-agent/ledger.json": (StoreError, LedgerError),
+}
+
+
+def plant(root: Path, host_path: str, kind: str) -> None:
+    path = root / host_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink-loop":
+        path.symlink_to(path.name)
+    elif kind == "2-GiB-sparse":
+        with path.open("wb") as fh:
+            fh.truncate(2 << 30)
+    else:  # an absolute link is resolved inside the host root, as chroot would
+        path.symlink_to("/proc/self/environ")
+
+
+def _special_cases() -> list[object]:
+    cases = []
+    for host_path in NODE_FILE_READERS:
+        for kind in SPECIAL_FILES:
+            marks: list[pytest.MarkDecorator] = []
+            cases.append(pytest.param(host_path, kind, marks=marks, id=f"{host_path}-{kind}"))
+    return cases
+
+
+@pytest.mark.parametrize(("host_path", "kind"), _special_cases())
+def test_a_special_file_where_a_node_file_should_be_is_the_modules_error(
+    tmp_path: Path, host_path: str, kind: str
+) -> None:
+    """Never a hang (a FIFO), never a huge read, never a crash: the owner's error or a value."""
+    plant(tmp_path, host_path, kind)
+    with contextlib.suppress(EXPECTED_ERRORS[host_path]):
+        NODE_FILE_READERS[host_path](HostFS(str(tmp_path)))
+
+
 # --- the engine writes only where it may ------------------------------------------------
 
 ALLOWED_TREES = (
@@ -711,13 +792,6 @@ def within_allowed(rel: str) -> bool:
     return any(
         rel == t or rel.startswith(t + "/") or t.startswith(rel + "/") for t in ALLOWED_TREES
     )
-
-
-def _try_parse(text: str) -> HostPort | None:
-    try:
-        return parse_hostport(text)
-    except InputError:
-        return None
 
 
 def _anchor_pem() -> bytes:

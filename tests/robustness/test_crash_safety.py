@@ -97,14 +97,6 @@ def _param(scope: str, command: str, failpoint: str) -> object:
                 reason="not there yet: HostFS.write_atomic has no write:* failpoint hits",
             )
         )
-    if failpoint == "apply:after:Restart" and expected_to_die(scope, command, failpoint):
-        marks.append(
-            pytest.mark.xfail(
-                strict=True,
-                reason="defect: Engine._apply `continue`s after a Restart before "
-                "failpoints.hit('apply:after:Restart'), so that point can never fire",
-            )
-        )
     return pytest.param(scope, failpoint, marks=marks, id=f"{scope}-{failpoint}")
 
 
@@ -122,13 +114,12 @@ class FakeRuntimeSocket:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # sun_path is ~107 bytes: bind through the directory, as the probe connects.
-        cwd = os.getcwd()
-        os.chdir(path.parent)
+        # sun_path is ~107 bytes: bind through a directory fd, as the probe connects.
+        dfd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
         try:
-            self._sock.bind(path.name)
+            self._sock.bind(f"/proc/self/fd/{dfd}/{path.name}")
         finally:
-            os.chdir(cwd)
+            os.close(dfd)
         self._sock.listen(16)
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
@@ -257,7 +248,7 @@ echo "restart $*" >> "{bin}/restart.log"
 """
 
 
-def _make_node(base: Path, scope: str, server_chain: pki.PKI) -> tuple[Path, Path]:
+def _make_node(base: Path, server_chain: pki.PKI) -> tuple[Path, Path]:
     root = base / "host"
     (root / "etc/containerd").mkdir(parents=True)
     (root / "etc/containerd/config.toml").write_text(
@@ -298,7 +289,7 @@ def node_factory(
     sockets: list[FakeRuntimeSocket] = []
 
     def make(scope: str) -> Node:
-        root, bin_dir = _make_node(tmp_path, scope, foreign_ca)
+        root, bin_dir = _make_node(tmp_path, foreign_ca)
         sockets.append(FakeRuntimeSocket(root / "run/containerd/containerd.sock"))
         server = TLSServer(ca.chain, ca.leaf).start()
         servers.append(server)
@@ -438,11 +429,6 @@ def test_a_temp_file_from_a_kill_inside_a_store_dir_is_harmless_to_readers(
     assert again.returncode == 0 and json.loads(again.stdout)["status"] == "unchanged"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: nothing ever removes a stale .ca-trust-agent-tmp-* file, so after a "
-    "kill inside write_atomic `remove` leaves certs.d/<registry>/ (a dir we created) behind",
-)
 def test_remove_after_a_kill_inside_a_write_leaves_no_trace(
     node_factory: Callable[[str], Node],
 ) -> None:
@@ -452,3 +438,48 @@ def test_remove_after_a_kill_inside_a_write_leaves_no_trace(
     assert node.run("remove").returncode == 0
     assert node.ledger() == {}
     assert not node.store_dir.exists()
+
+
+def test_concurrent_installs_of_different_registries_lose_no_ledger_entry(
+    tmp_path: Path, ca: pki.PKI, foreign_ca: pki.PKI
+) -> None:
+    """The DaemonSet and an operator's CLI can run at the same time: every read-modify-write
+    of the ledger must see the others' entries, or a file would be left that nothing undoes."""
+    root, _ = _make_node(tmp_path, foreign_ca)
+    servers = [TLSServer(ca.chain, ca.leaf).start() for _ in range(6)]
+    try:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "install",
+                    f"127.0.0.1:{s.port}",
+                    "--scope",
+                    "registry",
+                    "--host-root",
+                    str(root),
+                    "--runtime",
+                    "containerd",
+                    "--runner",
+                    "direct",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for s in servers
+        ]
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        for s in servers:
+            s.stop()
+    assert codes == [0] * len(servers), [p.stderr.read() for p in procs if p.stderr]
+    entries = Ledger(HostFS(str(root))).entries()
+    assert sorted(entries) == sorted(f"127.0.0.1:{s.port}" for s in servers)
+    on_disk = {
+        "/" + os.path.relpath(os.path.join(d, n), root)
+        for d, _, names in os.walk(root / CERTS_D)
+        for n in names
+    }
+    assert on_disk == {f for e in entries.values() for f in e.files}

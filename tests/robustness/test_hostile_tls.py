@@ -10,6 +10,7 @@ twice the deadline, interpreter start included. Numbers are printed for the reco
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -81,6 +82,25 @@ class VerifyTrickleServer(TLSServer):
         while not self._stop.wait(0.5):
             conn.sendall(TrickleServer.HEADER[sent : sent + 1] or b"\x00")
             sent += 1
+
+
+class EndlessHeaderProxy(LoopbackServer):
+    """An HTTP proxy that answers CONNECT with a status line and headers that never end."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                conn.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+
+
+class RefusingProxy(LoopbackServer):
+    """An HTTP proxy that refuses every CONNECT."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
 
 
 def _name(cn: str) -> x509.Name:
@@ -215,10 +235,10 @@ def run_cli(*args: str) -> Run:
     return Run(usage["code"], data, seconds, usage["rss"])
 
 
-def in_process_fetch(hostport: str) -> tuple[str, float]:
+def in_process_fetch(hostport: str, proxy: str | None = None) -> tuple[str, float]:
     start = time.monotonic()
     try:
-        fetch_chain(parse_hostport(hostport), timeout=TIMEOUT, proxy=None)
+        fetch_chain(parse_hostport(hostport), timeout=TIMEOUT, proxy=proxy)
     except FetchError as exc:
         return exc.kind, time.monotonic() - start
     return "fetched", time.monotonic() - start
@@ -343,12 +363,32 @@ def test_a_chain_that_loops_ends_with_a_verdict(host_root: Path) -> None:
         assert installed.code == 4 and installed.kind, installed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Engine._do_verify calls verify_handshake without the request's timeout "
-    "(agent/remediate.py), so `install --timeout 2` waits up to the default 10 s for a "
-    "server that trickles during verification",
-)
+PROXIES: dict[str, tuple[type[LoopbackServer], str]] = {
+    # name: (proxy server, kind); the proxy is the hostile party, the registry is fine
+    "proxy-never-answers": (SilentServer, "timeout"),
+    "proxy-headers-never-end": (EndlessHeaderProxy, "proxy"),
+    "proxy-refuses": (RefusingProxy, "proxy"),
+    "proxy-speaks-garbage": (GarbageServer, "proxy"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROXIES))
+def test_a_hostile_proxy_ends_by_the_deadline_with_a_named_error(name: str, tmp_path: Path) -> None:
+    proxy_cls, expected = PROXIES[name]
+    ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
+    with TLSServer(ca.chain, ca.leaf) as registry, proxy_cls() as proxy:
+        url = f"http://{proxy.hostport}"
+        kind, seconds = in_process_fetch(registry.hostport, proxy=url)
+        run = run_cli("fetch", registry.hostport, "--timeout", str(TIMEOUT), "--proxy", url)
+    print(
+        f"{name}: fetch_chain {kind} in {seconds:.2f}s; CLI fetch exit {run.code} {run.kind} "
+        f"in {run.seconds:.2f}s, {run.max_rss_kb // 1024} MB"
+    )
+    assert kind == expected and seconds < WALL_BOUND
+    assert run.code == FetchError.exit_code and run.kind == expected, run
+    assert run.seconds < WALL_BOUND and run.max_rss_kb < RSS_BOUND_KB, run
+
+
 def test_install_honours_the_deadline_when_the_server_turns_hostile_for_verification(
     tmp_path: Path, host_root: Path
 ) -> None:

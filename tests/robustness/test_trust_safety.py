@@ -9,6 +9,7 @@ engine over a host-root tree, as tests/unit/test_controller.py does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.controller import Controller
+from agent.errors import AgentError
 from agent.host import HostFS
 from agent.hostport import HostPort
 from agent.remediate import Engine
@@ -436,3 +438,77 @@ def test_a_ca_removed_from_the_policy_disappears_from_the_node(world: World) -> 
     assert not ours.exists()
     assert not (world.root / CERTS_D).exists()
     assert world.controller.engine.entries() == {}
+
+
+# --- names and the ledger: what the engine may overwrite or delete -------------------------
+
+
+class RecordingRunner:
+    def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
+        from agent.host import CommandResult
+
+        return CommandResult(tuple(argv), 0, "", "", 0.0, False)
+
+
+def system_engine(root: Path) -> Engine:
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/os-release").write_text("ID=debian\n")
+    (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
+    return Engine(HostFS(str(root)), RecordingRunner(), runtimes=("containerd",))
+
+
+def test_an_endpoint_whose_file_name_collides_never_replaces_another_endpoints_ca(
+    tmp_path: Path,
+) -> None:
+    engine = system_engine(tmp_path / "host")
+    first, second = pki.make_pki(tmp_path / "a"), pki.make_pki(tmp_path / "b")
+
+    def install(host: str, ca: pki.PKI) -> None:
+        from agent.hostport import parse_hostport
+        from agent.remediate import InstallRequest
+
+        req = InstallRequest(
+            endpoint=parse_hostport(host),
+            scope="system",
+            restart="never",
+            ca_pem=ca.root.pem,
+            source="policy",
+        )
+        with contextlib.suppress(AgentError):  # refusing the second one is correct too
+            engine.install(req)
+
+    install("[::1]", first)
+    install("___1_", second)
+    entries = engine.entries()
+    files = [f for e in entries.values() for f in e.files]
+    assert len(files) == len(set(files)), f"two ledger entries share a file: {files}"
+    ipv6_file = tmp_path / "host" / entries["[::1]:443"].files[0].lstrip("/")
+    assert ipv6_file.read_bytes() == first.root.pem
+
+
+def test_a_ledger_entry_naming_a_file_that_is_not_ours_never_deletes_it(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    engine = system_engine(root)
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    entry = {
+        "endpoint": "registry.test:443",
+        "registry": "registry.test:443",
+        "state": "removing",  # recover() converges such an entry without being asked
+        "scope": "registry",
+        "stores": ["containerd"],
+        "files": ["/etc/shadow"],
+        "dirs": [],
+        "refresh": [],
+        "anchor_subject": "CN=x",
+        "sha256": "sha256:" + "AB" * 32,
+        "not_after": "2030-01-01T00:00:00Z",
+        "installed_at": "2026-01-01T00:00:00Z",
+        "restarted": [],
+        "source": "fetched",
+    }
+    ledger = root / "var/lib/ca-trust-agent/ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"version": 1, "entries": {"registry.test:443": entry}}))
+    with contextlib.suppress(AgentError):
+        engine.recover()
+    assert (root / "etc/shadow").exists()

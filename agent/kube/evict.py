@@ -196,6 +196,10 @@ class Recycler:
         self._passes: dict[str, _Pass] = {}  # endpoint -> its latest pass
         self._pending: set[str] = set()  # pod uids with an attempt queued
         self._recent: dict[tuple[str, str], float] = {}  # (owner uid, endpoint) -> evicted at
+        # per endpoint, the pods last reported as not evicted (bare, over the cap, cooling):
+        # a later "unchanged" remediation (every reconcile, for caPEM registries) does not
+        # tell them again
+        self._reported: dict[str, set[str]] = {}
         self._wake = threading.Event()
 
     # ------------------------------------------------------- controller side
@@ -209,7 +213,11 @@ class Recycler:
             chosen = select(
                 pods, endpoint, cap=self.limits.cap, cooling_owners=cooling, skip=self._pending
             )
-            if chosen.empty:
+            before = self._reported.get(endpoint, set())
+            kept = (*chosen.left, *chosen.over_cap, *chosen.cooling)
+            self._reported[endpoint] = {p.uid for p in kept}
+            news = [p for p in kept if p.uid not in before]
+            if not chosen.evict and not news:
                 return chosen
             run = _Pass(
                 endpoint,
@@ -219,14 +227,15 @@ class Recycler:
                 cooling=len(chosen.cooling),
             )
             self._passes[endpoint] = run
-            run.known.update(p.uid for p in (*chosen.left, *chosen.over_cap, *chosen.cooling))
+            run.known.update(p.uid for p in kept)
             for pod in chosen.evict:
                 self._schedule(run, pod, now)
         for pod in chosen.left:
-            self._tell_bare(pod, endpoint)
-        self._count("bare", len(chosen.left))
-        self._count("over-cap", len(chosen.over_cap))
-        self._count("cooling", len(chosen.cooling))
+            if pod.uid not in before:
+                self._tell_bare(pod, endpoint)
+        self._count("bare", sum(p.uid not in before for p in chosen.left))
+        self._count("over-cap", sum(p.uid not in before for p in chosen.over_cap))
+        self._count("cooling", sum(p.uid not in before for p in chosen.cooling))
         if not chosen.evict:
             self._maybe_summarize(run)
         self._wake.set()

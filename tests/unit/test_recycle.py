@@ -654,3 +654,14 @@ def test_a_failure_reported_after_the_fix_is_offered_as_late() -> None:
     c.drain()
     assert len(spy.passes) == 1
     assert [(ep, p.name) for ep, p in spy.late_pods] == [(HOST, "web-1")]
+
+
+def test_a_repeated_fix_does_not_tell_the_same_bare_pods_again() -> None:
+    """caPEM registries are re-applied ("unchanged") at every reconcile."""
+    r = rig()
+    r.recycler.recycle(HOST, [pod("bare", None)])
+    r.recycler.recycle(HOST, [pod("bare", None)])
+    assert len(r.events.on("Pod", "CATrusted")) == 1
+    assert len(r.events.on("Node", "PodRecycled")) == 1
+    r.recycler.recycle(HOST, [pod("bare", None), pod("bare-2", None)])  # a new one is told
+    assert [e[1] for e in r.events.on("Pod", "CATrusted")] == ["shop/bare", "shop/bare-2"]

@@ -184,7 +184,7 @@ def test_system_placement_ignores_the_registry_argument(tmp_path: Path) -> None:
     ("key", "name"),
     [
         ("registry.test:5443", "ca-trust-agent-registry.test_5443.crt"),
-        ("[::1]:5000", "ca-trust-agent-___1__5000.crt"),
+        ("[::1]:5000", "ca-trust-agent-ipv6+0000.0000.0000.0000.0000.0000.0000.0001_5000.crt"),
         ("my_reg-1.corp:443", "ca-trust-agent-my_reg-1.corp_443.crt"),
     ],
 )

@@ -302,9 +302,9 @@ def _engine(args: argparse.Namespace) -> Engine:
 def _install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from agent.pins import normalize_pin
     from agent.remediate import InstallRequest
     from agent.render import result_dict, result_text
-    from agent.trust import normalize_pin
 
     ca_pem = None
     if args.ca_file:

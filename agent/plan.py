@@ -16,8 +16,8 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from agent.hostport import HostPort
 from agent.errors import LedgerError
+from agent.hostport import HostPort
 from agent.ledger import LedgerEntry
 from agent.stores import FILE_PREFIX, Placement
 

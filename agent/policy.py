@@ -38,7 +38,7 @@ import yaml
 
 from agent.errors import AgentError, InputError, PolicyError
 from agent.hostport import DEFAULT_PORT, HostPort, parse_hostport
-from agent.trust import normalize_pin, parse_pem_bundle, pem_bundle
+from agent.pins import normalize_pin
 
 MAX_POLICY_BYTES = 1 << 20
 # Bounds that keep a document full of YAML aliases from multiplying the work.
@@ -504,6 +504,8 @@ def _ca_pem(
         errors.add(where, outcome)
         return None
     if pins:
+        from agent.trust import parse_pem_bundle  # only a caPEM entry loads the X.509 stack
+
         for number, cert in enumerate(parse_pem_bundle(outcome)):
             if cert.sha256 not in pins:
                 errors.add(
@@ -516,6 +518,8 @@ def _ca_pem(
 
 def _bundle_or_problem(text: str) -> bytes | str:
     """Deterministic bundle bytes, or what is wrong with the PEM."""
+    from agent.trust import parse_pem_bundle, pem_bundle
+
     try:
         return pem_bundle(parse_pem_bundle(text.encode("utf-8")))
     except AgentError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agent import failpoints
 from agent import plan as p
@@ -23,14 +24,9 @@ from agent.hostport import HostPort
 from agent.ledger import Ledger, LedgerEntry
 from agent.runtime import RestartMethod, RuntimeManager, detect_runtimes
 from agent.stores import Placement, check_placement, registry_store, system_store
-from agent.trust import (
-    Analysis,
-    CertInfo,
-    analyze,
-    analyze_with_anchor,
-    check_anchor_only,
-    pem_bundle,
-)
+
+if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the idle daemon
+    from agent.trust import Analysis, CertInfo
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +244,7 @@ class Engine:
     def _analysis(
         self, req: InstallRequest, timings: dict[str, float]
     ) -> tuple[Analysis | None, CertInfo]:
-        from agent.trust import parse_pem_bundle
+        from agent.trust import analyze, analyze_with_anchor, check_anchor_only, parse_pem_bundle
 
         now = self._clock()
         if req.ca_pem is not None:
@@ -294,6 +290,8 @@ class Engine:
     def _placements(
         self, req: InstallRequest, registry: HostPort, anchor: CertInfo
     ) -> tuple[str, list[Placement]]:
+        from agent.trust import pem_bundle
+
         content = pem_bundle([anchor])
         scope = req.scope
         if scope == "auto":

@@ -32,8 +32,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509 import verification as xv
 
-from agent.errors import InputError, TrustError
+from agent.errors import TrustError
 from agent.hostport import HostPort
+from agent.pins import normalize_pin
 
 MAX_CERTS = 16
 
@@ -190,20 +191,6 @@ def pem_bundle(certs: Sequence[CertInfo]) -> bytes:
     """Deterministic bundle bytes: de-duplicated and sorted by SHA-256, LF line ends."""
     unique = {c.sha256: c for c in certs}
     return b"".join(unique[k].pem for k in sorted(unique))
-
-
-def normalize_pin(text: str) -> str:
-    """`sha256:ab:CD...`, `SHA256:ABCD...` or bare hex -> `sha256:ABCD...` (64 hex digits)."""
-    raw = text.strip()
-    if raw.lower().startswith("sha256:"):
-        raw = raw[len("sha256:") :]
-    digits = raw.replace(":", "").upper()
-    if len(digits) != 64 or not set(digits) <= _HEX:
-        raise InputError(
-            f"pin {text!r} is not a SHA-256 fingerprint (sha256: + 64 hex digits)",
-            kind="bad-pin",
-        )
-    return "sha256:" + digits
 
 
 # --- anchor choice -------------------------------------------------------------------

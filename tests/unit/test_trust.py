@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from agent.errors import InputError, TrustError
 from agent.hostport import HostPort
+from agent.pins import normalize_pin
 from agent.trust import (
     CertInfo,
     analyze,
@@ -27,7 +28,6 @@ from agent.trust import (
     cert_from_der,
     check_anchor_only,
     choose_anchor,
-    normalize_pin,
     parse_pem_bundle,
     pem_bundle,
 )

@@ -26,7 +26,16 @@ from pathlib import Path
 
 from bench import Row, median
 
-SECTIONS = ("fetch", "install", "install-system", "latency", "idle", "slots", "scale")
+SECTIONS = (
+    "fetch",
+    "install",
+    "install-system",
+    "latency",
+    "idle",
+    "slots",
+    "scale",
+    "recycle",
+)
 
 
 # --- sections wrapping the existing benches ------------------------------------------------------
@@ -49,9 +58,7 @@ def fetch_rows(runs: int) -> list[Row]:
             rows.append(Row("fetch", metric, "failed: " + r.failed.splitlines()[-1][:50]))
             continue
         ratio = f", {r.median / ref.median:.2f}x openssl" if ref and r is not ref else ""
-        rows.append(
-            Row("fetch", metric, f"{r.median * 1000:.0f} ms ({r.p90 * 1000:.0f}){ratio}")
-        )
+        rows.append(Row("fetch", metric, f"{r.median * 1000:.0f} ms ({r.p90 * 1000:.0f}){ratio}"))
     return rows
 
 
@@ -122,7 +129,7 @@ def render(rows: Sequence[Row]) -> str:
 
 
 def run_sections(args: argparse.Namespace) -> list[Row]:
-    from bench import bench_daemon, bench_scale
+    from bench import bench_daemon, bench_recycle, bench_scale
 
     q = args.quick
     plan: dict[str, Callable[[], list[Row]]] = {
@@ -135,6 +142,7 @@ def run_sections(args: argparse.Namespace) -> list[Row]:
         "scale": lambda: bench_scale.section_scale(
             q, args.agents, args.per_process, args.idle_seconds, args.scale_pods
         ),
+        "recycle": lambda: [Row(*r) for r in bench_recycle.run(q)],
     }
     rows: list[Row] = []
     for name in args.only:
@@ -144,8 +152,7 @@ def run_sections(args: argparse.Namespace) -> list[Row]:
             rows += plan[name]()
         except Exception as exc:  # one broken section must not hide the others' numbers
             rows.append(Row(name, "error", f"{type(exc).__name__}: {exc}"[:120]))
-        print(f"bench: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr,
-              flush=True)
+        print(f"bench: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -160,8 +167,12 @@ def _sections(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast pass (about a minute)")
-    parser.add_argument("--only", type=_sections, default=list(SECTIONS),
-                        help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        default=list(SECTIONS),
+        help=f"comma-separated sections (default all: {','.join(SECTIONS)})",
+    )
     parser.add_argument("--fetch-runs", type=int, help="runs per fetch command")
     parser.add_argument("--install-runs", type=int, help="install/remove rounds")
     parser.add_argument("--runs", type=int, help="detection->CATrusted runs")
@@ -180,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     rows = run_sections(args)
     print(header())
-    print(f"mode: {'quick' if args.quick else 'full'}, sections: {','.join(args.only)}, "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"mode: {'quick' if args.quick else 'full'}, sections: {','.join(args.only)}, "
+        f"{time.monotonic() - started:.0f} s"
+    )
     print(render(rows))
     return 0
 

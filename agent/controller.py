@@ -89,10 +89,11 @@ class PodRef:
 
 @dataclass
 class _Work:
-    kind: str  # "failure" | "lookup" | "sync" | "reconcile" | "stop"
+    kind: str  # "failure" | "lookup" | "sync" | "reconcile" | "repair" | "stop"
     pod: PodRef | None = None
     failure: PullFailure | None = None
     image: str | None = None
+    key: str | None = None  # "repair": the ledger entry to finish (an owed restart)
 
 
 @dataclass
@@ -268,6 +269,10 @@ class Controller:
             self.sync_policy()
         elif item.kind == "reconcile":
             self.reconcile()
+        elif item.kind == "repair" and item.key is not None:
+            entry = self._entries().get(item.key)
+            if entry is not None:
+                self._repair(item.key, entry)
 
     def _lookup(self, pod: PodRef, image: str | None) -> None:
         try:
@@ -333,7 +338,14 @@ class Controller:
             if self.metrics:
                 self.metrics.record_remediation("failed", time.perf_counter() - t0)
             return None
-        self.flights.succeeded(key)
+        err = result.restart_error
+        if err is not None and err.kind != "refused":
+            # The CA is in place but the runtime did not come back through its restart:
+            # try the restart again after a back-off (install again = finish what is owed).
+            delay = self.flights.failed(key)
+            self._later(delay, _Work("repair", key=req.endpoint.key))
+        else:
+            self.flights.succeeded(key)
         self._report_result(result, pod)
         self._recycle(result)
         if self.metrics:
@@ -375,13 +387,15 @@ class Controller:
                 self.metrics.record_runtime_restart(rt, "ok")
         err = result.restart_error
         if err is not None:
-            reason = "ContainerRuntimeRestartRefused"
+            retry = (
+                "" if err.kind == "refused" else "; the restart is retried with back-off"
+            )
             self.recorder.node(
                 self.node_name,
                 WARNING,
-                reason,
+                "ContainerRuntimeRestartRefused",
                 f"{err}; the CA for {result.endpoint.key} is installed but pulls "
-                "keep failing until the runtime restarts",
+                f"keep failing until the runtime restarts{retry}",
             )
             if self.metrics:
                 self.metrics.record_runtime_restart(",".join(self.engine.runtimes) or "?", err.kind)
@@ -525,22 +539,30 @@ class Controller:
         self._publish()
 
     def _repair(self, key: str, entry: LedgerEntry) -> None:
-        """Someone deleted our anchor file: put it back the same way it was installed."""
-        log.warning("anchor for %s is missing on disk, re-creating it", key)
+        """Put an entry back the way it was installed: a deleted anchor file is re-created,
+        an owed runtime restart is done. Declared CAs come from the policy; fetched ones are
+        fetched again, pinned to the anchor the ledger recorded."""
+        log.warning("re-applying %s (state on disk or runtime differs from the ledger)", key)
         with self._lock:
             policy = self.policy
-        pem = getattr(entry, "pem", None)
+        declared = {hp.key: pem for hp, pem, _ in policy.declared()}
+        pem = declared.get(key) if entry.source == "policy" else None
         req = InstallRequest(
             endpoint=parse_hostport(key),
             registry=parse_hostport(entry.registry),
             scope=entry.scope,
             restart=policy.restart,
-            ca_pem=pem.encode() if isinstance(pem, str) and pem else None,
-            source="policy" if pem else entry.source,
-            pins=(entry.sha256,),
+            ca_pem=pem,
+            source="policy" if pem is not None else "fetched",
+            pins=(entry.sha256,) if pem is None else (),
             allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
         )
         self._install(req, None, key)
+
+    def _later(self, delay: float, item: _Work) -> None:
+        timer = threading.Timer(delay, self._queue.put, args=(item,))
+        timer.daemon = True  # a pending retry never keeps a stopping agent alive
+        timer.start()
 
     def _entries(self) -> dict[str, LedgerEntry]:
         try:

@@ -196,6 +196,12 @@ class Engine:
             verify=verify,
         )
         stores = tuple(pl.store for pl in placements)
+        if not actions and previous is not None:
+            # Installed before, but a restart is still owed (it failed, or restart was
+            # "never" then): re-running install finishes the job.
+            owed = [rt for rt in restart_runtimes if rt not in previous.restarted]
+            if owed:
+                actions = (*[p.Restart(rt) for rt in owed], p.RecordLedger(previous))
         if not actions:
             return Result(
                 req.endpoint,
@@ -454,7 +460,9 @@ class Engine:
                 failpoints.hit("apply:after:Restart")
                 continue
             if isinstance(action, p.RecordLedger) and action.entry.state == "installed":
-                action = p.RecordLedger(replace(action.entry, restarted=tuple(restarted)))
+                done_before = () if intent is not None else action.entry.restarted
+                merged = tuple(dict.fromkeys((*done_before, *restarted)))
+                action = p.RecordLedger(replace(action.entry, restarted=merged))
             try:
                 self._run(action, timings)
             except AgentError as exc:

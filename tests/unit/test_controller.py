@@ -316,3 +316,61 @@ def test_reconcile_recreates_a_deleted_anchor_and_warns_before_expiry(world: Wor
     c.reconcile()
     assert (world.root / entry.files[0].lstrip("/")).exists()
     assert "CAExpiringSoon" in world.recorder.reasons()
+
+
+def test_a_runtime_that_fails_to_restart_is_retried_after_a_back_off(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\n")
+    ca = pki.make_pki(tmp_path / "pki", names=("registry.test",))
+    chain = tuple(cert_from_der(c.public_bytes(Encoding.DER)) for c in ca.chain)
+
+    class Flaky(Manager):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fail_next = True
+
+        def restart(self, runtime: str, **_: object) -> float:
+            from agent.errors import RuntimeRestartError
+
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeRestartError("containerd did not answer within 60s", kind="not-ready")
+            return super().restart(runtime)
+
+    class Ok:
+        def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
+            from agent.host import CommandResult
+
+            return CommandResult(tuple(argv), 0, "", "", 0.0, False)
+
+    manager = Flaky()
+    engine = Engine(
+        HostFS(str(root)),
+        Ok(),
+        runtimes=("containerd",),
+        manager=manager,  # type: ignore[arg-type]
+        fetch=lambda _t: chain,
+        verify=lambda target, cafile: None,
+    )
+    recorder = Recorder()
+    c = Controller(node_name=NODE, engine=engine, recorder=recorder, cluster=Cluster())
+    c.flights.base = 0.05  # the back-off, shortened for the test
+    c.on_node(node_obj())
+    c.on_policy(policy_obj(ALLOW.replace("registries", "scope: system\nregistries")))
+    c.on_pod(failing_pod())
+    c.drain()
+    assert "ContainerRuntimeRestartRefused" in recorder.reasons()
+    assert (
+        "retried"
+        in next(m for _, _, r, m in recorder.events if r == "ContainerRuntimeRestartRefused")
+    )
+    import time as _time
+
+    deadline = _time.monotonic() + 5
+    while not manager.restarts and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+        c.drain()
+    assert manager.restarts == ["containerd"]
+    assert "ContainerRuntimeRestarted" in recorder.reasons()
+    assert engine.entries()["registry.test:5443"].restarted == ("containerd",)

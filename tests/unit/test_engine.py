@@ -341,3 +341,19 @@ def test_restarts_happen_inside_the_restart_gate(node: Node) -> None:
     engine.install(InstallRequest(REG, scope="system"))
     assert log == ["acquired", "released"]
     assert node.manager.restarts == ["containerd"]
+
+
+def test_a_restart_that_failed_is_done_by_the_next_install_without_rewriting(node: Node) -> None:
+    """containerd did not come back: the CA stays, and running install again finishes the job."""
+    node.manager.fail = True
+    first = node.engine().install(InstallRequest(REG, scope="system"))
+    assert first.restart_error is not None
+    node.manager.fail = False
+    node.runner.calls.clear()
+    again = node.engine().install(InstallRequest(REG, scope="system"))
+    assert again.status == "installed"
+    assert [type(a).__name__ for a in again.actions] == ["Restart", "RecordLedger"]
+    assert node.runner.calls == []  # nothing written, nothing refreshed
+    assert node.manager.restarts == ["containerd"]
+    assert node.engine().entries()[REG.key].restarted == ("containerd",)
+    assert node.engine().install(InstallRequest(REG, scope="system")).status == "unchanged"

@@ -54,6 +54,7 @@ from agent.remediate import Engine  # noqa: E402
 from bench import Row, max_overlap, mib, percentile  # noqa: E402
 from lab import fakeapi  # noqa: E402
 from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod  # noqa: E402
+from lab.hostroot import node_root  # noqa: E402
 from lab.pki import make_pki  # noqa: E402
 from lab.procs import free_port, wait_for  # noqa: E402
 from lab.tlsserver import TLSServer  # noqa: E402
@@ -91,12 +92,7 @@ def drop_proxy_and_trust_env() -> None:
 
 def host_root(path: Path) -> Path:
     """A node's root file system: containerd reading certs.d (registry scope), Debian."""
-    (path / "etc/containerd").mkdir(parents=True, exist_ok=True)
-    (path / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\n'
-        'config_path = "/etc/containerd/certs.d"\n'
-    )
-    (path / "etc/os-release").write_text("ID=debian\n")
+    node_root(path)
     return path
 
 

@@ -32,6 +32,7 @@ from agent.host import DirectRunner, HostFS  # noqa: E402
 from agent.hostport import HostPort  # noqa: E402
 from agent.remediate import Engine, InstallRequest  # noqa: E402
 from agent.runtime import RestartMethod, RuntimeManager  # noqa: E402
+from lab.hostroot import node_root  # noqa: E402
 from lab.pki import make_pki  # noqa: E402
 from lab.tlsserver import TLSServer  # noqa: E402
 
@@ -57,12 +58,7 @@ def registry_scope(n: int) -> list[tuple[str, list[float]]]:
     with tempfile.TemporaryDirectory(prefix="bench-install-") as tmp:
         ca = make_pki(Path(tmp) / "pki", names=("registry.test",), ips=("127.0.0.1",))
         root = Path(tmp) / "host"
-        (root / "etc/containerd").mkdir(parents=True)
-        (root / "etc/containerd/config.toml").write_text(
-            '[plugins."io.containerd.grpc.v1.cri".registry]\n'
-            'config_path = "/etc/containerd/certs.d"\n'
-        )
-        (root / "etc/os-release").write_text("ID=debian\n")
+        node_root(root)
         engine = Engine(HostFS(str(root)), DirectRunner(), runtimes=("containerd",))
         rows: dict[str, list[float]] = {
             k: [] for k in ("total", "fetch", "ours", "verify", "remove")

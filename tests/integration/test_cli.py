@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import pki
+from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
 pytestmark = pytest.mark.integration
@@ -51,11 +52,7 @@ class Setup:
 def setup(tmp_path: Path) -> Iterator[Setup]:
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
     root = tmp_path / "host"
-    (root / "etc/containerd").mkdir(parents=True)
-    (root / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
-    )
-    (root / "etc/os-release").write_text("ID=debian\n")
+    node_root(root)
     with TLSServer(ca.chain, ca.leaf) as server:
         yield Setup(root, server, ca)
 

@@ -28,6 +28,7 @@ from agent.recycle import DEFAULT_LIMITS, Limits
 from agent.remediate import Engine
 from lab import pki
 from lab.fakeapi import FakeApiServer
+from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
 pytestmark = pytest.mark.integration
@@ -156,11 +157,7 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
     root = tmp_path / "host"
-    (root / "etc/containerd").mkdir(parents=True)
-    (root / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
-    )
-    (root / "etc/os-release").write_text("ID=debian\n")
+    node_root(root)
     with FakeApiServer() as api, TLSServer(ca.chain, ca.leaf) as server:
         api.put_object(node_obj(opted_in=False))
         yield Cluster(api, server, root)

@@ -40,6 +40,7 @@ from agent.host import HostFS
 from agent.ledger import LEDGER_PATH, Ledger, LedgerEntry
 from agent.runtime import H2_PREFACE
 from lab import pki
+from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
 pytestmark = pytest.mark.integration
@@ -250,11 +251,7 @@ echo "restart $*" >> "{bin}/restart.log"
 
 def _make_node(base: Path, server_chain: pki.PKI) -> tuple[Path, Path]:
     root = base / "host"
-    (root / "etc/containerd").mkdir(parents=True)
-    (root / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
-    )
-    (root / "etc/os-release").write_text("ID=debian\n")
+    node_root(root)
     (root / ANCHOR_DIR).mkdir(parents=True)
     (root / ANCHOR_DIR / FOREIGN).write_bytes(server_chain.root.pem)  # any other CA will do
     bin_dir = base / "bin"

@@ -32,6 +32,7 @@ from agent.chain import fetch_chain
 from agent.errors import FetchError
 from agent.hostport import parse_hostport
 from lab import pki
+from lab.hostroot import node_root
 from lab.tlsserver import (
     AlertServer,
     GarbageServer,
@@ -247,11 +248,7 @@ def in_process_fetch(hostport: str, proxy: str | None = None) -> tuple[str, floa
 @pytest.fixture
 def host_root(tmp_path: Path) -> Path:
     root = tmp_path / "host"
-    (root / "etc/containerd").mkdir(parents=True)
-    (root / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
-    )
-    (root / "etc/os-release").write_text("ID=debian\n")
+    node_root(root)
     return root
 
 

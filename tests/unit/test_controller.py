@@ -21,6 +21,7 @@ from agent.hostport import HostPort
 from agent.remediate import Engine
 from agent.trust import CertInfo, cert_from_der
 from lab import pki
+from lab.hostroot import node_root
 
 NODE = "node-a"
 IMAGE = "registry.test:5443/lab/tiny:v1"
@@ -86,11 +87,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     root = tmp_path / "host"
-    (root / "etc/containerd").mkdir(parents=True)
-    (root / "etc/containerd/config.toml").write_text(
-        '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
-    )
-    (root / "etc/os-release").write_text("ID=debian\n")
+    node_root(root)
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",))
     chain = tuple(cert_from_der(c.public_bytes(Encoding.DER)) for c in ca.chain)
     fetches: list[HostPort] = []

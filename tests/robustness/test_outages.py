@@ -1,0 +1,132 @@
+"""Outages: the API server goes away for a minute, the policy ConfigMap is deleted.
+
+The agent must come back by itself, miss no failure that happened while it was blind, and
+keep enforcing the last good policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import Configuration
+
+from agent.daemon import Agent
+from agent.host import DirectRunner, HostFS
+from agent.kube.client import KubeClient, RetryPolicy
+from agent.remediate import Engine
+from lab import pki
+from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod
+from lab.hostroot import node_root
+from lab.tlsserver import TLSServer
+
+pytestmark = pytest.mark.integration
+
+NS = "ca-trust-agent"
+NODE = "node-a"
+OUTAGE_SECONDS = 60
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class World:
+    def __init__(self, api: FakeApiServer, server: TLSServer, root: Path) -> None:
+        self.api, self.server, self.root = api, server, root
+
+    def fail_pod(self, name: str) -> None:
+        image = f"127.0.0.1:{self.server.port}/lab/tiny:v1"
+        message = (
+            f'failed to pull and unpack image "{image}": failed to do request: Head '
+            f'"https://127.0.0.1:{self.server.port}/v2/lab/tiny/manifests/v1": '
+            "x509: certificate signed by unknown authority"
+        )
+        self.api.put_object(
+            make_pod(
+                name,
+                namespace="shop",
+                node=NODE,
+                image=image,
+                waiting_reason="ErrImagePull",
+                waiting_message=message,
+            )
+        )
+
+    def node_events(self, reason: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.api.objects("events")
+            if e.get("reason") == reason and e["involvedObject"].get("name") == NODE
+        ]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[World, Agent]]:
+    ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
+    root = node_root(tmp_path / "host")
+    with FakeApiServer() as api, TLSServer(ca.chain, ca.leaf) as server:
+        api.put_object(make_node(NODE, annotations={"ca-trust-agent.io/remediate": "enabled"}))
+        api.put_object(
+            make_configmap(
+                "ca-trust-agent",
+                {"policy.yaml": 'registries:\n  - host: "127.0.0.1"\n'},
+                namespace=NS,
+            )
+        )
+        config = Configuration()
+        config.host = api.url
+        client = KubeClient(config, retry=RetryPolicy(attempts=2, initial=0.05, max_wait=0.2))
+        agent = Agent(
+            client, NODE, NS, Engine(HostFS(str(root)), DirectRunner()), reconcile_seconds=3600
+        )
+        agent.start()
+        try:
+            wait_until(lambda: agent.ready().ready, 10)
+            yield World(api, server, root), agent
+        finally:
+            agent.stop()
+            agent.join()
+
+
+def test_a_failure_made_during_a_one_minute_api_outage_is_fixed_when_it_returns(
+    world: tuple[World, Agent],
+) -> None:
+    w, agent = world
+    w.api.pause("drop")
+    time.sleep(OUTAGE_SECONDS / 2)
+    w.fail_pod("during-outage")  # kubelet wrote it; the agent cannot see anything yet
+    time.sleep(OUTAGE_SECONDS / 2)
+    assert agent.stopping.is_set() is False, "an outage never stops the agent"
+    w.api.resume()
+    # the watches back off (capped at 30 s) and resume; the failure is not missed
+    wait_until(lambda: w.node_events("CATrusted"), timeout=60)
+    assert w.api.watch_count("pods") >= 1
+    # and the resumed watch keeps delivering (the host is trusted now, so the agent only
+    # records the pod; no new Event is due)
+    w.fail_pod("after-outage")
+    wait_until(
+        lambda: agent.controller._failing.get(
+            (w.api.get_object("pods", "shop", "after-outage") or {})["metadata"]["uid"]
+        ),
+        timeout=10,
+    )
+
+
+def test_a_deleted_policy_configmap_keeps_the_last_good_policy_and_warns(
+    world: tuple[World, Agent],
+) -> None:
+    w, _ = world
+    w.api.delete_object("configmaps", NS, "ca-trust-agent")
+    warning = wait_until(lambda: w.node_events("PolicyInvalid"), timeout=10)
+    assert "last good policy" in warning[0]["message"]
+    w.fail_pod("web-1")  # still allowed by the last good policy
+    wait_until(lambda: w.node_events("CATrusted"), timeout=10)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ from agent.host import DirectRunner, HostFS
 from agent.kube.client import KubeClient, RetryPolicy
 from agent.remediate import Engine
 from lab import pki
+from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, wait_until
+from lab.doubles import node as node_object
+from lab.doubles import policy as policy_configmap
 from lab.fakeapi import FakeApiServer
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
@@ -36,67 +39,6 @@ pytestmark = pytest.mark.integration
 
 NS = "ca-trust-agent"
 NODE = "node-a"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-def node_obj(name: str, opted_in: bool = True) -> dict[str, Any]:
-    ann = {"ca-trust-agent.io/remediate": "enabled"} if opted_in else {}
-    return {
-        "kind": "Node",
-        "metadata": {"name": name, "annotations": ann, "labels": {}},
-        "spec": {},
-        "status": {"nodeInfo": {"containerRuntimeVersion": "containerd://1.6.20"}},
-    }
-
-
-def policy_obj(text: str) -> dict[str, Any]:
-    return {
-        "kind": "ConfigMap",
-        "metadata": {"name": "ca-trust-agent", "namespace": NS},
-        "data": {"policy.yaml": text},
-    }
-
-
-def pod_obj(name: str, node: str, image: str, message: str | None) -> dict[str, Any]:
-    waiting = (
-        {"reason": "ErrImagePull", "message": message}
-        if message
-        else {"reason": "ContainerCreating"}
-    )
-    return {
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": image}]},
-        "status": {
-            "phase": "Pending",
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": image,
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": waiting},
-                }
-            ],
-        },
-    }
-
-
-def x509_message(image: str, hostport: str) -> str:
-    return (
-        f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": '
-        f'failed to do request: Head "https://{hostport}/v2/lab/tiny/manifests/v1": '
-        "x509: certificate signed by unknown authority"
-    )
 
 
 @dataclass
@@ -128,9 +70,7 @@ class Cluster:
         return Agent(self.client(node), node, NS, engine, reconcile_seconds=3600)
 
     def fail_pod(self, name: str, node: str = NODE) -> None:
-        self.api.put_object(
-            pod_obj(name, node, self.image, x509_message(self.image, self.hostport))
-        )
+        self.api.put_object(failing_pod(name, node, self.hostport))
 
     def node_events(self, node: str = NODE, reason: str | None = None) -> list[dict[str, Any]]:
         """What `kubectl describe node` lists: involvedObject kind/name/uid, any namespace."""
@@ -160,9 +100,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     root = tmp_path / "host"
     node_root(root)
     with FakeApiServer() as api, TLSServer(ca.chain, ca.leaf) as server:
-        api.put_object(node_obj(NODE))
-        api.put_object(node_obj("node-b"))
-        api.put_object(policy_obj('registries:\n  - host: "127.0.0.1"\n'))
+        api.put_object(node_object(NODE))
+        api.put_object(node_object("node-b"))
+        api.put_object(policy_configmap('registries:\n  - host: "127.0.0.1"\n'))
         yield Cluster(api, server, root, tmp_path)
 
 
@@ -229,7 +169,7 @@ def test_pods_on_other_nodes_are_never_sent_to_this_agent(cluster: Cluster, runn
 
 
 def test_a_node_that_has_not_opted_in_stays_idle(cluster: Cluster) -> None:
-    cluster.api.put_object(node_obj(NODE, opted_in=False))
+    cluster.api.put_object(node_object(NODE, opted_in=False))
     agent = cluster.agent()
     agent.start()
     try:
@@ -238,7 +178,7 @@ def test_a_node_that_has_not_opted_in_stays_idle(cluster: Cluster) -> None:
         time.sleep(0.5)
         assert cluster.node_events() == []
         assert cluster.server.handshakes == 0
-        cluster.api.put_object(node_obj(NODE, opted_in=True))  # the operator opts in
+        cluster.api.put_object(node_object(NODE, opted_in=True))  # the operator opts in
         cluster.fail_pod("web-2")
         wait_until(lambda: cluster.node_events(reason="CATrusted"))
     finally:
@@ -249,7 +189,7 @@ def test_a_node_that_has_not_opted_in_stays_idle(cluster: Cluster) -> None:
 def test_a_denied_registry_is_reported_until_the_policy_allows_it(
     cluster: Cluster,
 ) -> None:
-    cluster.api.put_object(policy_obj('registries:\n  - host: "registry.corp.example"\n'))
+    cluster.api.put_object(policy_configmap('registries:\n  - host: "registry.corp.example"\n'))
     agent = cluster.agent()
     agent.start()
     try:
@@ -260,7 +200,7 @@ def test_a_denied_registry_is_reported_until_the_policy_allows_it(
         assert cluster.server.handshakes == 0
         # the operator allows it: the pod still failing is fixed at once, without waiting
         # for kubelet's next back-off attempt to update its status
-        cluster.api.put_object(policy_obj('registries:\n  - host: "127.0.0.1"\n'))
+        cluster.api.put_object(policy_configmap('registries:\n  - host: "127.0.0.1"\n'))
         wait_until(lambda: cluster.node_events(reason="CATrusted"))
     finally:
         agent.stop()
@@ -270,7 +210,7 @@ def test_a_denied_registry_is_reported_until_the_policy_allows_it(
 def test_a_broken_policy_is_a_warning_and_the_last_good_one_stays(
     cluster: Cluster, running: Agent
 ) -> None:
-    cluster.api.put_object(policy_obj("registries: {not: a list}\n"))
+    cluster.api.put_object(policy_configmap("registries: {not: a list}\n"))
     warning = wait_until(lambda: cluster.node_events(reason="PolicyInvalid"))
     assert "registries" in warning[0]["message"]
     cluster.fail_pod("web-1")
@@ -298,7 +238,7 @@ def test_an_api_outage_does_not_lose_a_failure_made_during_it(
 
 
 def test_dry_run_reports_and_writes_nothing(cluster: Cluster) -> None:
-    cluster.api.put_object(policy_obj('dryRun: true\nregistries:\n  - host: "127.0.0.1"\n'))
+    cluster.api.put_object(policy_configmap('dryRun: true\nregistries:\n  - host: "127.0.0.1"\n'))
     agent = cluster.agent()
     agent.start()
     try:
@@ -381,54 +321,22 @@ def test_the_run_command_serves_probes_and_exits_cleanly_on_sigterm(cluster: Clu
             proc.wait()
 
 
-class _RecordingRunner:
-    """Stands in for update-ca-certificates on a host-root tree."""
-
-    def run(self, argv: Any, *, timeout: float = 120.0) -> Any:
-        from agent.host import CommandResult
-
-        return CommandResult(tuple(argv), 0, "", "", 0.0, False)
-
-
-class _SlowRestarts:
-    """Stands in for RuntimeManager; records how many restarts overlap across agents."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.lock = threading.Lock()
-        self.active = 0
-        self.max_active = 0
-        self.done: list[str] = []
-
-    def check_restart_allowed(self, runtime: str, **_: object) -> None:
-        pass
-
-    def restart(self, runtime: str, **_: object) -> float:
-        with self.lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        time.sleep(0.5)
-        with self.lock:
-            self.active -= 1
-            self.done.append(runtime)
-        return 0.5
-
-
 def test_system_scope_restarts_take_turns_across_nodes_through_leases(cluster: Cluster) -> None:
     cluster.api.put_object(
-        policy_obj('scope: system\nmaxConcurrentRestarts: 1\nregistries:\n  - host: "127.0.0.1"\n')
+        policy_configmap(
+            'scope: system\nmaxConcurrentRestarts: 1\nregistries:\n  - host: "127.0.0.1"\n'
+        )
     )
-    restarts = _SlowRestarts()
+    restarts = FakeRestarts(seconds=0.5)
     agents = []
     for node in ("node-a", "node-b", "node-c"):
-        cluster.api.put_object(node_obj(node))
+        cluster.api.put_object(node_object(node))
         root = cluster.tmp / node
         (root / "etc").mkdir(parents=True)
         (root / "etc/os-release").write_text("ID=debian\n")
         engine = Engine(
             HostFS(str(root)),
-            _RecordingRunner(),
+            RecordingRunner(),
             manager=restarts,  # type: ignore[arg-type]
             verify=lambda target, cafile: None,
         )

@@ -11,20 +11,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client import Configuration
 
 from agent.daemon import Agent
-from agent.host import CommandResult, HostFS
+from agent.host import HostFS
 from agent.kube.client import KubeClient, RetryPolicy
 from agent.remediate import Engine
 from lab import pki
+from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, pod, wait_until
+from lab.doubles import node as node_object
 from lab.fakeapi import FakeApiServer, RequestRecord
 from lab.tlsserver import TLSServer
 
@@ -85,47 +85,6 @@ def verb_of(rec: RequestRecord) -> tuple[str, str, str]:
     return group, resource, verb
 
 
-def _node(name: str) -> dict[str, Any]:
-    return {
-        "kind": "Node",
-        "metadata": {"name": name, "annotations": {"ca-trust-agent.io/remediate": "enabled"}},
-        "status": {"nodeInfo": {"containerRuntimeVersion": "containerd://1.6.20"}},
-    }
-
-
-def _pod(name: str, image: str, waiting: dict[str, str]) -> dict[str, Any]:
-    return {
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
-        "status": {
-            "phase": "Pending",
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": image,
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": waiting},
-                }
-            ],
-        },
-    }
-
-
-class _Runner:
-    def run(self, argv: Any, *, timeout: float = 120.0) -> CommandResult:
-        return CommandResult(tuple(argv), 0, "", "", 0.0, False)
-
-
-class _Restarts:
-    def check_restart_allowed(self, runtime: str, **_: object) -> None:
-        pass
-
-    def restart(self, runtime: str, **_: object) -> float:
-        return 0.0
-
-
 @pytest.fixture
 def calls(tmp_path: Path) -> Iterator[set[tuple[str, str, str]]]:
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
@@ -133,7 +92,7 @@ def calls(tmp_path: Path) -> Iterator[set[tuple[str, str, str]]]:
     (root / "etc").mkdir(parents=True)
     (root / "etc/os-release").write_text("ID=debian\n")
     with FakeApiServer() as api, TLSServer(ca.chain, ca.leaf) as server:
-        api.put_object(_node(NODE))
+        api.put_object(node_object(NODE))
         api.put_object(
             {
                 "kind": "ConfigMap",
@@ -146,35 +105,27 @@ def calls(tmp_path: Path) -> Iterator[set[tuple[str, str, str]]]:
         client = KubeClient(config, retry=RetryPolicy(attempts=2, initial=0.01, max_wait=0.02))
         engine = Engine(
             HostFS(str(root)),
-            _Runner(),
-            manager=_Restarts(),  # type: ignore[arg-type]
+            RecordingRunner(),
+            manager=FakeRestarts(),  # type: ignore[arg-type]
             verify=lambda target, cafile: None,
         )
         agent = Agent(client, NODE, NS, engine, reconcile_seconds=3600)
         agent.start()
         try:
-            deadline = time.monotonic() + 10
-            while not agent.ready().ready and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: agent.ready().ready)
             image = f"127.0.0.1:{server.port}/lab/tiny:v1"
-            msg = (
-                f'failed to pull and unpack image "{image}": failed to do request: Head '
-                f'"https://127.0.0.1:{server.port}/v2/lab/tiny/manifests/v1": '
-                "x509: certificate signed by unknown authority"
-            )
-            api.put_object(_pod("web-1", image, {"reason": "ErrImagePull", "message": msg}))
+            api.put_object(failing_pod("web-1", NODE, f"127.0.0.1:{server.port}"))
             api.put_object(
-                _pod(
+                pod(
                     "web-2",
+                    NODE,
                     image,
                     {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'},
                 )
             )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(
-                e.get("reason") == "CATrusted" for e in api.objects("events")
-            ):
-                time.sleep(0.02)
+            wait_until(
+                lambda: any(e.get("reason") == "CATrusted" for e in api.objects("events"))
+            )
             for _ in range(2):  # the same Event twice: the second is an aggregating PATCH
                 agent.recorder.node(NODE, "Normal", "CATrusted", "same message twice")
             agent.recorder.flush()

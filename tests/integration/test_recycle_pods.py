@@ -9,9 +9,10 @@ with `recyclePods: true` — evicts the failing pods whose controller recreates 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from agent.metrics import serve
 from agent.recycle import DEFAULT_LIMITS, Limits
 from agent.remediate import Engine
 from lab import pki
+from lab.doubles import failing_pod
+from lab.doubles import node as node_object
+from lab.doubles import policy as policy_configmap
+from lab.doubles import wait_until as _wait_until
 from lab.fakeapi import FakeApiServer
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
@@ -40,32 +45,8 @@ NO_RECYCLE = 'registries:\n  - host: "127.0.0.1"\n'
 REPLICASET = {"kind": "ReplicaSet", "name": "web-7d9f", "uid": "rs-uid"}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-def node_obj(opted_in: bool) -> dict[str, Any]:
-    ann = {"ca-trust-agent.io/remediate": "enabled"} if opted_in else {}
-    return {
-        "kind": "Node",
-        "metadata": {"name": NODE, "annotations": ann, "labels": {}},
-        "spec": {},
-        "status": {"nodeInfo": {"containerRuntimeVersion": "containerd://1.6.20"}},
-    }
-
-
-def policy_obj(text: str) -> dict[str, Any]:
-    return {
-        "kind": "ConfigMap",
-        "metadata": {"name": "ca-trust-agent", "namespace": NS},
-        "data": {"policy.yaml": text},
-    }
+# evictions retried after a PDB refusal take a few back-off rounds
+wait_until = functools.partial(_wait_until, timeout=15.0)
 
 
 @dataclass
@@ -101,36 +82,7 @@ class Cluster:
 
     def failing_pod(self, name: str, owner: dict[str, str] | None = REPLICASET) -> str:
         """Store a pod whose pull failed with x509 at the registry; returns its uid."""
-        image = f"{self.hostport}/lab/tiny:v1"
-        message = (
-            f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": '
-            f'failed to do request: Head "https://{self.hostport}/v2/lab/tiny/manifests/v1": '
-            "x509: certificate signed by unknown authority"
-        )
-        meta: dict[str, Any] = {"name": name, "namespace": "shop"}
-        if owner is not None:
-            meta["ownerReferences"] = [
-                {"apiVersion": "apps/v1", **owner, "controller": True, "blockOwnerDeletion": True}
-            ]
-        stored = self.api.put_object(
-            {
-                "kind": "Pod",
-                "metadata": meta,
-                "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": image}]},
-                "status": {
-                    "phase": "Pending",
-                    "containerStatuses": [
-                        {
-                            "name": "app",
-                            "image": image,
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {"waiting": {"reason": "ErrImagePull", "message": message}},
-                        }
-                    ],
-                },
-            }
-        )
+        stored = self.api.put_object(failing_pod(name, NODE, self.hostport, owner=owner))
         return str(stored["metadata"]["uid"])
 
     def pod(self, name: str) -> dict[str, Any] | None:
@@ -159,7 +111,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     root = tmp_path / "host"
     node_root(root)
     with FakeApiServer() as api, TLSServer(ca.chain, ca.leaf) as server:
-        api.put_object(node_obj(opted_in=False))
+        api.put_object(node_object(NODE, opted_in=False))
         yield Cluster(api, server, root)
 
 
@@ -173,7 +125,7 @@ def fixed(
     """The pods fail while the node is not opted in; the agent sees them all; then the
     operator opts in and the one remediation for the registry runs. Yields the agent and
     the pods' uids."""
-    cluster.api.put_object(policy_obj(policy))
+    cluster.api.put_object(policy_configmap(policy))
     uids = {name: cluster.failing_pod(name, owner) for name, owner in pods.items()}
     agent = cluster.agent(limits)
     agent.start()
@@ -181,7 +133,7 @@ def fixed(
         wait_until(lambda: agent.ready().ready)
         seen = agent.controller.still_failing
         wait_until(lambda: all(seen(uid, cluster.hostport) for uid in uids.values()))
-        cluster.api.put_object(node_obj(opted_in=True))
+        cluster.api.put_object(node_object(NODE, opted_in=True))
         wait_until(lambda: cluster.events("CATrusted"))
         yield agent, uids
     finally:

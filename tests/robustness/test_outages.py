@@ -7,7 +7,7 @@ keep enforcing the last good policy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from agent.host import DirectRunner, HostFS
 from agent.kube.client import KubeClient, RetryPolicy
 from agent.remediate import Engine
 from lab import pki
-from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod
+from lab.doubles import failing_pod, wait_until
+from lab.fakeapi import FakeApiServer, make_configmap, make_node
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
@@ -30,36 +31,12 @@ NODE = "node-a"
 OUTAGE_SECONDS = 60
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 class World:
     def __init__(self, api: FakeApiServer, server: TLSServer, root: Path) -> None:
         self.api, self.server, self.root = api, server, root
 
     def fail_pod(self, name: str) -> None:
-        image = f"127.0.0.1:{self.server.port}/lab/tiny:v1"
-        message = (
-            f'failed to pull and unpack image "{image}": failed to do request: Head '
-            f'"https://127.0.0.1:{self.server.port}/v2/lab/tiny/manifests/v1": '
-            "x509: certificate signed by unknown authority"
-        )
-        self.api.put_object(
-            make_pod(
-                name,
-                namespace="shop",
-                node=NODE,
-                image=image,
-                waiting_reason="ErrImagePull",
-                waiting_message=message,
-            )
-        )
+        self.api.put_object(failing_pod(name, NODE, f"127.0.0.1:{self.server.port}"))
 
     def node_events(self, reason: str) -> list[dict[str, Any]]:
         return [

@@ -23,7 +23,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -292,24 +292,38 @@ class HostFS:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield  # closing the fd releases the flock
 
-    def remove_file(self, path: str) -> bool:
-        """Delete a regular file; False when already gone. Links are refused, not removed."""
+    @contextlib.contextmanager
+    def _entry(
+        self, path: str, is_kind: Callable[[int], bool], what: str
+    ) -> Iterator[tuple[int, str] | None]:
+        """(parent dir fd, name) of the entry at `path`, reached without following links;
+        None when it is gone. A link there, or an entry of another kind, is refused."""
         parts = split_host_path(path)
         if not parts:
             raise StoreError("cannot remove the host root", kind="io")
         with self._open_dir(parts[:-1], missing_ok=True) as dfd:
             if dfd is None:
-                return False
+                yield None
+                return
             try:
                 st = os.lstat(parts[-1], dir_fd=dfd)
             except FileNotFoundError:
-                return False
+                yield None
+                return
             if stat.S_ISLNK(st.st_mode):
                 raise StoreError(f"refusing to remove symbolic link {path}", kind="symlink")
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"{path} is not a regular file", kind="conflict")
+            if not is_kind(st.st_mode):
+                raise StoreError(f"{path} is not {what}", kind="conflict")
+            yield dfd, parts[-1]
+
+    def remove_file(self, path: str) -> bool:
+        """Delete a regular file; False when already gone. Links are refused, not removed."""
+        with self._entry(path, stat.S_ISREG, "a regular file") as found:
+            if found is None:
+                return False
+            dfd, name = found
             try:
-                os.unlink(parts[-1], dir_fd=dfd)
+                os.unlink(name, dir_fd=dfd)
             except FileNotFoundError:
                 return False
             except OSError as exc:
@@ -339,22 +353,12 @@ class HostFS:
 
     def remove_dir(self, path: str) -> bool:
         """Delete an empty directory; False when gone or not empty. Links are refused."""
-        parts = split_host_path(path)
-        if not parts:
-            raise StoreError("cannot remove the host root", kind="io")
-        with self._open_dir(parts[:-1], missing_ok=True) as dfd:
-            if dfd is None:
+        with self._entry(path, stat.S_ISDIR, "a directory") as found:
+            if found is None:
                 return False
+            dfd, name = found
             try:
-                st = os.lstat(parts[-1], dir_fd=dfd)
-            except FileNotFoundError:
-                return False
-            if stat.S_ISLNK(st.st_mode):
-                raise StoreError(f"refusing to remove symbolic link {path}", kind="symlink")
-            if not stat.S_ISDIR(st.st_mode):
-                raise StoreError(f"{path} is not a directory", kind="conflict")
-            try:
-                os.rmdir(parts[-1], dir_fd=dfd)
+                os.rmdir(name, dir_fd=dfd)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     return False

@@ -200,7 +200,7 @@ def test_only_host_root_comes_from_the_host(pod: Obj) -> None:
 
 
 def test_agent_runs_the_daemon_loop_against_the_mounted_host(container: Obj) -> None:
-    assert container["args"] == ["run", "--host-root", "/host"]
+    assert container["args"] == ["run", "--host-root", "/host", "--log-json"]
     assert "command" not in container, "the image's ENTRYPOINT is the console script"
 
 

@@ -73,6 +73,8 @@ def check_placement(fs: HostFS, placement: Placement, *, ours: Collection[str]) 
         raise StoreError(f"{placement.directory} exists and is not a directory", kind="conflict")
     if dir_kind == "dir" and placement.store == "containerd":
         _check_hosts_toml(fs, placement, ours)
+    if placement.store == "containerd":
+        _check_port_directory(fs, placement)
     file_kind = fs.lstat_kind(placement.file)
     if file_kind is None:
         return
@@ -99,6 +101,22 @@ def _check_hosts_toml(fs: HostFS, placement: Placement, ours: Collection[str]) -
             f"{hosts} exists: containerd ignores *.crt files in {placement.directory} when a "
             "hosts.toml is present, so our CA would have no effect. Add `ca = [...]` to that "
             "hosts.toml yourself, or use system scope",
+            kind="conflict",
+        )
+
+
+def _check_port_directory(fs: HostFS, placement: Placement) -> None:
+    """containerd looks up `certs.d/<host>_<port>_/` before `certs.d/<host>:<port>/` (its
+    Windows-safe spelling), so an existing one hides ours entirely (seen on 1.6.20)."""
+    parent, _, base = placement.directory.rstrip("/").rpartition("/")
+    idx = base.rfind(":")
+    if idx <= 0:
+        return
+    other = f"{parent}/{base[:idx]}_{base[idx + 1 :]}_"
+    if fs.lstat_kind(other) is not None:
+        raise StoreError(
+            f"{other} exists: containerd reads it instead of {placement.directory}, so our CA "
+            "would have no effect. Put the CA there yourself, or remove that directory",
             kind="conflict",
         )
 

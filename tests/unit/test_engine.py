@@ -357,3 +357,13 @@ def test_a_restart_that_failed_is_done_by_the_next_install_without_rewriting(nod
     assert node.manager.restarts == ["containerd"]
     assert node.engine().entries()[REG.key].restarted == ("containerd",)
     assert node.engine().install(InstallRequest(REG, scope="system")).status == "unchanged"
+
+
+def test_a_foreign_host_port_underscore_directory_is_a_conflict(node: Node) -> None:
+    """containerd reads certs.d/<host>_<port>_/ first: our file beside it would do nothing."""
+    (node.root / "etc/containerd/certs.d/registry.test_5443_").mkdir(parents=True)
+    with pytest.raises(StoreError) as err:
+        node.engine().install(InstallRequest(REG, scope="registry"))
+    assert err.value.kind == "conflict"
+    assert "registry.test_5443_" in str(err.value)
+    assert node.files() == set()

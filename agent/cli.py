@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import AgentError, InputError
+from agent.core.errors import AgentError, InputError
 
 if TYPE_CHECKING:
-    from agent.remediate import Engine
+    from agent.node.engine import Engine
 
 EXIT_CODES = """exit codes:
   0  success                         5  forbidden by policy / bad policy
@@ -247,7 +247,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _target(text: str) -> Any:
-    from agent.hostport import parse_hostport
+    from agent.core.hostport import parse_hostport
 
     return parse_hostport(text)
 
@@ -255,9 +255,9 @@ def _target(text: str) -> Any:
 def _fetch(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from agent.chain import UNSET, fetch_chain
-    from agent.render import chain_dict, chain_text
-    from agent.trust import analyze
+    from agent.core.render import chain_dict, chain_text
+    from agent.core.trust import analyze
+    from agent.node.chain import UNSET, fetch_chain
 
     target = _target(args.target)
     got = fetch_chain(
@@ -283,9 +283,9 @@ def _fetch(args: argparse.Namespace) -> int:
 def _engine(args: argparse.Namespace) -> Engine:
     import shlex
 
-    from agent.host import DirectRunner, HostFS, NsenterRunner
-    from agent.remediate import Engine
-    from agent.runtime import RestartMethod, restart_method_from_env
+    from agent.node.engine import Engine
+    from agent.node.host import DirectRunner, HostFS, NsenterRunner
+    from agent.node.runtime import RestartMethod, restart_method_from_env
 
     fs = HostFS(args.host_root)
     use_nsenter = args.runner == "nsenter" or (
@@ -302,9 +302,9 @@ def _engine(args: argparse.Namespace) -> Engine:
 def _install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from agent.pins import normalize_pin
-    from agent.remediate import InstallRequest
-    from agent.render import result_dict, result_text
+    from agent.core.pins import normalize_pin
+    from agent.core.render import result_dict, result_text
+    from agent.node.engine import InstallRequest
 
     ca_pem = None
     if args.ca_file:
@@ -333,9 +333,9 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from agent.host import HostFS
-    from agent.ledger import Ledger
-    from agent.render import entries_text, entry_dict
+    from agent.core.render import entries_text, entry_dict
+    from agent.node.host import HostFS
+    from agent.node.ledger import Ledger
 
     entries = [e for _, e in sorted(Ledger(HostFS(args.host_root)).entries().items())]
     _emit(args, [entry_dict(e) for e in entries], entries_text(entries))
@@ -343,7 +343,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from agent.render import result_dict, result_text
+    from agent.core.render import result_dict, result_text
 
     engine = _engine(args)
     result = engine.remove(
@@ -359,6 +359,6 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.daemon import run
+    from agent.cluster.daemon import run
 
     return run(args)

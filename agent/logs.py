@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from agent.errors import InputError
+from agent.core.errors import InputError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -25,7 +25,7 @@ _MARK = "_ca_trust_agent_handler"
 
 
 class PlainFormatter(logging.Formatter):
-    """`2026-11-27T13:57:51Z INFO agent.daemon: message key=value ...` in UTC."""
+    """`2026-11-27T13:57:51Z INFO agent.cluster.daemon: message key=value ...` in UTC."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")

@@ -46,11 +46,11 @@ if str(REPO) not in sys.path:
 from kubernetes.client import Configuration  # noqa: E402
 
 from agent import __version__  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
-from agent.host import DirectRunner, HostFS  # noqa: E402
-from agent.kube.client import KubeClient, resource_path  # noqa: E402
-from agent.kube.lease import RestartSlots  # noqa: E402
-from agent.remediate import Engine  # noqa: E402
+from agent.cluster.client import KubeClient, resource_path  # noqa: E402
+from agent.cluster.daemon import Agent  # noqa: E402
+from agent.cluster.lease import RestartSlots  # noqa: E402
+from agent.node.engine import Engine  # noqa: E402
+from agent.node.host import DirectRunner, HostFS  # noqa: E402
 from bench import Row, max_overlap, mib, percentile  # noqa: E402
 from lab import fakeapi  # noqa: E402
 from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod  # noqa: E402

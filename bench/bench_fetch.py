@@ -9,8 +9,8 @@ hits every command alike, after one warm-up run each (page cache, .pyc files).
 Rows:
   openssl s_client     the reference: `openssl s_client -showcerts -connect ... </dev/null`
   python (floor)       `python -c pass`: the interpreter alone, a floor no Python tool beats
-  fetch_chain          `python -c` importing agent.chain and fetching (no analysis, no output)
-  fetch + analyze      the same plus agent.trust.analyze (what `fetch` decides)
+  fetch_chain          `python -c` importing agent.node.chain and fetching (no analysis, no output)
+  fetch + analyze      the same plus agent.core.trust.analyze (what `fetch` decides)
   cli fetch            `python -m agent fetch 127.0.0.1:PORT` (skipped if the CLI fails)
 """
 
@@ -85,12 +85,12 @@ def cases(port: int) -> list[Case]:
     py = sys.executable
     target = f"127.0.0.1:{port}"
     fetch = (
-        "from agent.chain import fetch_chain; from agent.hostport import HostPort; "
+        "from agent.node.chain import fetch_chain; from agent.core.hostport import HostPort; "
         f"fetch_chain(HostPort('127.0.0.1', {port}))"
     )
     analyze = (
-        "import datetime as dt; from agent.chain import fetch_chain; "
-        "from agent.hostport import HostPort; from agent.trust import analyze; "
+        "import datetime as dt; from agent.node.chain import fetch_chain; "
+        "from agent.core.hostport import HostPort; from agent.core.trust import analyze; "
         f"c = fetch_chain(HostPort('127.0.0.1', {port})); "
         "analyze(c.certs, c.target, now=dt.datetime.now(dt.UTC))"
     )

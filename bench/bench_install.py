@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.host import DirectRunner, HostFS  # noqa: E402
-from agent.hostport import HostPort  # noqa: E402
-from agent.remediate import Engine, InstallRequest  # noqa: E402
-from agent.runtime import RestartMethod, RuntimeManager  # noqa: E402
+from agent.core.hostport import HostPort  # noqa: E402
+from agent.node.engine import Engine, InstallRequest  # noqa: E402
+from agent.node.host import DirectRunner, HostFS  # noqa: E402
+from agent.node.runtime import RestartMethod, RuntimeManager  # noqa: E402
 from lab.hostroot import node_root  # noqa: E402
 from lab.pki import make_pki  # noqa: E402
 from lab.tlsserver import TLSServer  # noqa: E402

@@ -43,12 +43,12 @@ if str(REPO) not in sys.path:
 
 from kubernetes.client import Configuration  # noqa: E402
 
-from agent.daemon import Agent  # noqa: E402
-from agent.host import DirectRunner, HostFS  # noqa: E402
-from agent.kube.client import ApiError, KubeClient, RetryPolicy, resource_path  # noqa: E402
-from agent.kube.evict import EVICTED, Eviction, Recycler  # noqa: E402
-from agent.recycle import DEFAULT_LIMITS, FailingPod, Owner, kubelet_backoff_steps  # noqa: E402
-from agent.remediate import Engine  # noqa: E402
+from agent.cluster.client import ApiError, KubeClient, RetryPolicy, resource_path  # noqa: E402
+from agent.cluster.daemon import Agent  # noqa: E402
+from agent.cluster.evict import EVICTED, Eviction, Recycler  # noqa: E402
+from agent.core.recycle import DEFAULT_LIMITS, FailingPod, Owner, kubelet_backoff_steps  # noqa: E402
+from agent.node.engine import Engine  # noqa: E402
+from agent.node.host import DirectRunner, HostFS  # noqa: E402
 from bench import percentile  # noqa: E402
 from bench.bench_daemon import (  # noqa: E402
     NODE,
@@ -166,7 +166,7 @@ def measure(runs: int) -> tuple[list[float], list[float], int]:
     missed = 0
     drop_proxy_and_trust_env()
     # the Node's Events share one spam-filter bucket that many remediations in a row exhaust
-    logging.getLogger("agent.kube.events").setLevel(logging.ERROR)
+    logging.getLogger("agent.cluster.events").setLevel(logging.ERROR)
     api = TimedApi()
     with tempfile.TemporaryDirectory(prefix="bench-recycle-") as tmp, api:
         ca = make_pki(Path(tmp) / "pki", names=("registry.test",), ips=("127.0.0.1",))

@@ -74,10 +74,10 @@ def _emit(message: JSON) -> None:
 
 def run_worker(api_url: str, nodes: Sequence[str], root: Path, hold: float,
                poll: float | None) -> int:
-    from agent.daemon import Agent
-    from agent.host import DirectRunner, HostFS
-    from agent.kube.lease import RestartSlots
-    from agent.remediate import Engine
+    from agent.cluster.daemon import Agent
+    from agent.cluster.lease import RestartSlots
+    from agent.node.engine import Engine
+    from agent.node.host import DirectRunner, HostFS
 
     drop_proxy_and_trust_env()
     agents = []

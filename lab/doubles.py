@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.host import CommandResult
+from agent.node.host import CommandResult
 
 OPT_IN = "ca-trust-agent.io/remediate"
 

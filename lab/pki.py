@@ -91,7 +91,7 @@ class Issued:
 
     @property
     def sha256(self) -> str:
-        """Same spelling as agent.trust.CertInfo.sha256 and policy pins."""
+        """Same spelling as agent.core.trust.CertInfo.sha256 and policy pins."""
         return "sha256:" + hashlib.sha256(self.der).hexdigest().upper()
 
     @property

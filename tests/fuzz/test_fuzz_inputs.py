@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.detect import PodPullFailure, PullFailure, parse_pull_error, pull_failures_from_pod
-from agent.errors import (
+from agent.core.detect import PodPullFailure, PullFailure, parse_pull_error, pull_failures_from_pod
+from agent.core.errors import (
     InputError,
     LedgerError,
     PolicyError,
@@ -40,16 +40,16 @@ from agent.errors import (
     StoreError,
     TrustError,
 )
-from agent.host import CommandResult, HostFS
-from agent.hostport import HostPort, parse_hostport
-from agent.ledger import Ledger
-from agent.policy import Policy, parse_policy
-from agent.remediate import Engine, InstallRequest
-from agent.runtime import RuntimeManager, containerd_socket, detect_runtimes
-from agent.stores import file_name, safe
-from agent.stores.registry import load_containerd_config, registry_store
-from agent.stores.system import LAYOUTS, parse_os_release, system_store
-from agent.trust import cert_from_der, parse_pem_bundle, pem_bundle
+from agent.core.hostport import HostPort, parse_hostport
+from agent.core.policy import Policy, parse_policy
+from agent.core.trust import cert_from_der, parse_pem_bundle, pem_bundle
+from agent.node.engine import Engine, InstallRequest
+from agent.node.host import CommandResult, HostFS
+from agent.node.ledger import Ledger
+from agent.node.runtime import RuntimeManager, containerd_socket, detect_runtimes
+from agent.node.stores import file_name, safe
+from agent.node.stores.registry import load_containerd_config, registry_store
+from agent.node.stores.system import LAYOUTS, parse_os_release, system_store
 from lab import pki
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))

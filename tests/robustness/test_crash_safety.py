@@ -36,9 +36,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import HostFS
-from agent.ledger import LEDGER_PATH, Ledger, LedgerEntry
-from agent.runtime import H2_PREFACE
+from agent.node.host import HostFS
+from agent.node.ledger import LEDGER_PATH, Ledger, LedgerEntry
+from agent.node.runtime import H2_PREFACE
 from lab import pki
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
@@ -62,7 +62,7 @@ FAILPOINTS = (
     *WRITE_FAILPOINTS,
 )
 
-# Which plan actions each command runs (tests/unit/test_engine.py pins the plans themselves).
+# Which plan actions each command runs (tests/unit/node/test_engine.py pins the plans themselves).
 # A failpoint outside this set is never reached: the run must then simply succeed.
 REACHED = {
     ("registry", "install"): {"RecordLedger", "MakeDir", "WriteFile", "Verify"},
@@ -79,7 +79,7 @@ FOREIGN = "corp-root.crt"  # the node's own anchor in the system store: never to
 
 
 def _write_failpoints_present() -> bool:
-    from agent.host import HostFS as _HostFS
+    from agent.node.host import HostFS as _HostFS
 
     source = inspect.getsource(_HostFS.write_atomic)
     return all(name in source for name in WRITE_FAILPOINTS)

@@ -1,7 +1,7 @@
 """Hostile TLS servers on loopback: every fetch ends by its deadline, with a named error and
 bounded memory, and nothing is written to the node.
 
-Each server is met three ways: `agent.chain.fetch_chain` in this process, `ca-trust-agent
+Each server is met three ways: `agent.node.chain.fetch_chain` in this process, `ca-trust-agent
 fetch --timeout 2` and `ca-trust-agent install --timeout 2` as real processes (their peak RSS
 read with os.wait4). The deadline is a correctness property of the agent — a DaemonSet
 whose fetch hangs stops remediating — so the wall time is checked, loosely: well inside
@@ -28,9 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from agent.chain import fetch_chain
-from agent.errors import FetchError
-from agent.hostport import parse_hostport
+from agent.core.errors import FetchError
+from agent.core.hostport import parse_hostport
+from agent.node.chain import fetch_chain
 from lab import pki
 from lab.hostroot import node_root
 from lab.tlsserver import (

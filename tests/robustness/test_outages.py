@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from kubernetes.client import Configuration
 
-from agent.daemon import Agent
-from agent.host import DirectRunner, HostFS
-from agent.kube.client import KubeClient, RetryPolicy
-from agent.remediate import Engine
+from agent.cluster.client import KubeClient, RetryPolicy
+from agent.cluster.daemon import Agent
+from agent.node.engine import Engine
+from agent.node.host import DirectRunner, HostFS
 from lab import pki
 from lab.doubles import failing_pod, wait_until
 from lab.fakeapi import FakeApiServer, make_configmap, make_node

@@ -3,8 +3,8 @@
 CLI threats run the real `install` / `remove` as a process against a host-root tree and a
 real TLS server presenting the hostile chain; each must end with its documented exit code,
 the error `kind` in `--json` output, and a host root identical, byte for byte, to before.
-Cluster threats drive agent.controller.Controller (pods and policy in, Events out) on a real
-engine over a host-root tree, as tests/unit/test_controller.py does.
+Cluster threats drive agent.cluster.controller.Controller (pods and policy in, Events out) on a real
+engine over a host-root tree, as tests/unit/cluster/test_controller.py does.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.controller import Controller
-from agent.errors import AgentError
-from agent.host import HostFS
-from agent.hostport import HostPort
-from agent.remediate import Engine
-from agent.trust import CertInfo, cert_from_der
+from agent.cluster.controller import Controller
+from agent.core.errors import AgentError
+from agent.core.hostport import HostPort
+from agent.core.trust import CertInfo, cert_from_der
+from agent.node.engine import Engine
+from agent.node.host import HostFS
 from lab import pki
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
@@ -438,7 +438,7 @@ def test_a_ca_removed_from_the_policy_disappears_from_the_node(world: World) -> 
 
 class RecordingRunner:
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
-        from agent.host import CommandResult
+        from agent.node.host import CommandResult
 
         return CommandResult(tuple(argv), 0, "", "", 0.0, False)
 
@@ -457,8 +457,8 @@ def test_an_endpoint_whose_file_name_collides_never_replaces_another_endpoints_c
     first, second = pki.make_pki(tmp_path / "a"), pki.make_pki(tmp_path / "b")
 
     def install(host: str, ca: pki.PKI) -> None:
-        from agent.hostport import parse_hostport
-        from agent.remediate import InstallRequest
+        from agent.core.hostport import parse_hostport
+        from agent.node.engine import InstallRequest
 
         req = InstallRequest(
             endpoint=parse_hostport(host),

@@ -1,89 +1,78 @@
-"""The layering contract: the deciding modules never reach the node, the network or the API.
+"""The layers and the lazy imports: what a process loads is part of its contract.
 
-Like kopf's `.importlinter`: if a pure module imported `agent.host` or `subprocess`, its
-unit tests would quietly start touching the machine, and a reader could no longer find every
-side effect of the agent in `host`, `chain`, `runtime` and `kube/`.
+The layer contract itself (core never imports node or cluster or any I/O module; node never
+imports cluster; nothing imports the CLI) lives in `pyproject.toml` under
+`[tool.importlinter]` and is checked by `lint-imports`, as kopf does with `.importlinter`.
+The tests below guard what import-linter cannot see: which modules a *running* process
+loads. `fetch` is timed against `openssl s_client`, and the idle daemon has a 56 MiB budget,
+so neither may pull in what it does not use.
 """
 
 from __future__ import annotations
 
-import ast
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-AGENT = Path(__file__).resolve().parents[2] / "agent"
-
-PURE = (
-    "hostport",
-    "pins",
-    "errors",
-    "detect",
-    "policy",
-    "trust",
-    "plan",
-    "gate",
-    "flights",
-    "recycle",
-    "render",
-)
-EFFECTS = (
-    "agent.host",
-    "agent.chain",
-    "agent.runtime",
-    "agent.kube",
-    "agent.remediate",
-    "agent.daemon",
-    "agent.ledger",
-    "agent.stores",
-)
-SYSTEM = ("socket", "subprocess", "ssl", "OpenSSL", "urllib", "http", "kubernetes", "shutil")
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def imports(module: str) -> set[str]:
-    """Modules imported at run time (imports under `if TYPE_CHECKING:` are types only)."""
-    tree = ast.parse((AGENT / f"{module}.py").read_text())
-    type_only = {
-        id(n)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
-        for n in ast.walk(block)
-    }
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
+def loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules under `prefixes` that a fresh interpreter holds after `imports`."""
+    code = (
+        f"import json, sys; {imports}; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return list(json.loads(out.stdout))
 
 
-def _under(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-@pytest.mark.parametrize("module", PURE)
-def test_pure_modules_import_no_effects(module: str) -> None:
-    allowed_type_only = {"plan": {"agent.ledger", "agent.stores"}}  # value types only
-    bad = {
-        name
-        for name in imports(module)
-        if (_under(name, EFFECTS) and name not in allowed_type_only.get(module, set()))
-        or _under(name, SYSTEM)
-    }
-    assert not bad, f"agent/{module}.py imports {sorted(bad)}"
+def test_the_layer_contract_holds() -> None:
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    result = subprocess.run(
+        [lint, "--no-cache"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
 
 
 def test_the_fetch_path_never_loads_kubernetes_or_the_engine() -> None:
     """`ca-trust-agent fetch` is timed against openssl s_client: what it imports is its cost."""
-    code = (
-        "import sys, agent.cli, agent.chain, agent.trust, agent.render, agent.logs;"
-        "print(sorted(m for m in sys.modules if m.startswith(('kubernetes', 'agent.kube',"
-        " 'agent.remediate', 'agent.stores', 'prometheus_client', 'yaml'))))"
+    loaded = loaded_after(
+        "import agent.cli, agent.node.chain, agent.core.trust, agent.core.render, agent.logs",
+        (
+            "kubernetes",
+            "agent.cluster",
+            "agent.node.engine",
+            "agent.node.stores",
+            "prometheus_client",
+            "yaml",
+            "grpc",
+        ),
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded == []
+
+
+def test_the_idle_daemon_never_loads_the_x509_stack_or_typed_models() -> None:
+    """Everything `run` wires up before the first failure arrives: the controller, the
+    engine, the watches, Events, Leases, metrics, the policy parser. cryptography and
+    pyOpenSSL load with the first install; the typed API models never load."""
+    loaded = loaded_after(
+        "import agent.cli, agent.cluster.daemon, agent.cluster.controller, agent.node.engine,"
+        " agent.core.policy, agent.metrics; "
+        "from agent.core.policy import parse_policy; "
+        "parse_policy('registries: [{host: registry.test}]')",
+        (
+            "cryptography",
+            "OpenSSL",
+            "kubernetes.client.models.",  # the package is loaded, no model module
+            "kubernetes.client.api.core_v1_api",
+            "grpc",
+            "google.protobuf",
+        ),
+    )
+    assert loaded == []

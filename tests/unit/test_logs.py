@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from agent.errors import InputError
+from agent.core.errors import InputError
 from agent.logs import setup_logging
 
 
@@ -36,13 +36,13 @@ def test_json_lines_carry_timestamp_level_logger_message_and_extras() -> None:
     out = io.StringIO()
     setup_logging("info", json=True, stream=out)
 
-    logging.getLogger("agent.daemon").info(
+    logging.getLogger("agent.cluster.daemon").info(
         "trusted %s", "registry.test:5443", extra={"endpoint": "registry.test:5443", "restarts": 0}
     )
 
     record = json.loads(out.getvalue())
     assert record["level"] == "INFO"
-    assert record["logger"] == "agent.daemon"
+    assert record["logger"] == "agent.cluster.daemon"
     assert record["message"] == "trusted registry.test:5443"
     assert record["endpoint"] == "registry.test:5443"
     assert record["restarts"] == 0

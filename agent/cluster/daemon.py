@@ -1,0 +1,313 @@
+"""`ca-trust-agent run`: wire the watches, the controller, Events, Leases and metrics.
+
+Nothing here decides anything (that is `controller`), and nothing here parses flags (that
+is `cli`). Threads: one per watch (own Node, policy ConfigMap, Pods on this node), one
+worker, one jittered reconcile timer, the metrics server. SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shlex
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from agent import __version__
+from agent.cluster.client import KubeClient, RetryPolicy, resource_path
+from agent.cluster.controller import Controller
+from agent.cluster.events import EventRecorder
+from agent.cluster.evict import Eviction, Recycler, evict
+from agent.cluster.lease import RestartSlots
+from agent.cluster.nodes import TrustedRegistriesAnnotation
+from agent.cluster.watch import Watcher
+from agent.core.errors import InputError
+from agent.core.recycle import DEFAULT_LIMITS, Limits
+from agent.metrics import Metrics, Readiness, serve
+from agent.node.engine import Engine
+from agent.node.host import DirectRunner, HostFS, NsenterRunner
+from agent.node.runtime import RestartMethod, restart_method_from_env
+
+log = logging.getLogger(__name__)
+
+POLICY_NAME = "ca-trust-agent"
+
+
+class ApiCluster:
+    """The controller's narrow view of the API: pod Events, the node annotation, and
+    evictions for recyclePods."""
+
+    def __init__(
+        self, client: KubeClient, node_name: str, *, evict_client: KubeClient | None = None
+    ) -> None:
+        self.client = client
+        # A client that does not retry a 429 in place: the Recycler schedules the retries of
+        # a refused eviction itself (agent.cluster.evict).
+        self.evict_client = evict_client or client
+        # remembers the last value written, so an unchanged list sends no PATCH
+        self._annotation = TrustedRegistriesAnnotation(client, node_name)
+
+    def pod_events(self, namespace: str, uid: str) -> list[Mapping[str, Any]]:
+        page = self.client.list(
+            resource_path("v1", "events", namespace), field_selector=f"involvedObject.uid={uid}"
+        )
+        return list(page.get("items") or [])
+
+    def set_trusted_registries(self, node_name: str, keys: Sequence[str]) -> None:
+        self._annotation.update(keys)
+
+    def evict(self, namespace: str, name: str, uid: str) -> Eviction:
+        return evict(self.evict_client, namespace, name, uid=uid)
+
+
+class Agent:
+    """The running agent; `start()` then `wait()`, or `stop()` from anywhere."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        node_name: str,
+        namespace: str,
+        engine: Engine,
+        *,
+        metrics: Metrics | None = None,
+        reconcile_seconds: float = 300.0,
+        explicit_runtimes: bool = False,
+        evict_client: KubeClient | None = None,
+        recycle_limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.client = client
+        self.node_name = node_name
+        self.namespace = namespace
+        self.metrics = metrics or Metrics()
+        self.recorder = EventRecorder(
+            client, host=node_name, on_drop=self.metrics.record_event_dropped, queue_size=256
+        )
+        self.engine = engine
+        cluster = ApiCluster(client, node_name, evict_client=evict_client)
+        self.controller = Controller(
+            node_name=node_name,
+            engine=engine,
+            recorder=self.recorder,
+            cluster=cluster,
+            metrics=self.metrics,
+        )
+        # recyclePods: idle unless the policy turns it on; its own thread (PDB retries)
+        self.recycler = Recycler(
+            node_name=node_name,
+            evict=cluster.evict,
+            recorder=self.recorder,
+            still_failing=self.controller.still_failing,
+            enabled=self.controller.recycling_enabled,
+            metrics=self.metrics,
+            limits=recycle_limits,
+        )
+        self.controller.recycler = self.recycler
+        self.slots = RestartSlots(client, namespace, holder=node_name)
+        engine.set_restart_gate(self._restart_gate)
+        self.reconcile_seconds = reconcile_seconds
+        self.explicit_runtimes = explicit_runtimes
+        self.stopping = threading.Event()
+        self.watchers = {
+            "node": Watcher(
+                client,
+                resource_path("v1", "nodes"),
+                field_selector=f"metadata.name={node_name}",
+                on_restart=lambda r: self.metrics.record_watch_restart("node", r),
+            ),
+            "policy": Watcher(
+                client,
+                resource_path("v1", "configmaps", namespace),
+                field_selector=f"metadata.name={POLICY_NAME}",
+                on_restart=lambda r: self.metrics.record_watch_restart("policy", r),
+            ),
+            "pods": Watcher(
+                client,
+                resource_path("v1", "pods"),
+                field_selector=f"spec.nodeName={node_name}",
+                on_restart=lambda r: self.metrics.record_watch_restart("pods", r),
+            ),
+        }
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        log.info(
+            "ca-trust-agent starting on node %s (namespace %s, host root %s)",
+            self.node_name,
+            self.namespace,
+            self.engine.fs.root,
+        )
+        handlers: dict[str, Callable[[str, dict[str, Any]], None]] = {
+            "node": self._on_node,
+            "policy": self._on_policy,
+            "pods": self._on_pod,
+        }
+        # The node and the policy first: a pod failure is judged by both.
+        for name in ("node", "policy", "pods"):
+            self._spawn(f"watch-{name}", self._pump, name, handlers[name])
+        self._spawn("worker", self.controller.work, self.stopping)
+        self._spawn("recycler", self.recycler.serve, self.stopping)
+        self._spawn("reconcile", self._reconcile_timer)
+
+    def ready(self) -> Readiness:
+        pending = [n for n, w in self.watchers.items() if not w.synced.is_set()]
+        if pending:
+            return Readiness(False, "waiting for the first list of " + ", ".join(pending))
+        return Readiness(True, "ok")
+
+    def stop(self) -> None:
+        if self.stopping.is_set():
+            return
+        log.info("stopping")
+        self.stopping.set()
+        for w in self.watchers.values():
+            w.stop()
+        self.controller.stop()
+        self.recycler.wake()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self.stopping.wait(timeout)
+
+    def join(self, timeout: float = 10.0) -> None:
+        for t in self._threads:
+            t.join(timeout)
+        self.recorder.close()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # --------------------------------------------------------------- watches
+
+    def _pump(self, name: str, handler: Callable[[str, dict[str, Any]], None]) -> None:
+        watcher = self.watchers[name]
+        for kind, obj in watcher.events():
+            try:
+                handler(kind, obj)
+            except Exception:  # one bad object never stops a watch
+                log.exception("handling %s %s failed", name, kind)
+
+    def _on_node(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self.controller.on_node(None)
+            return
+        self.controller.on_node(obj)
+        runtime = self.controller.runtime
+        if runtime and not self.explicit_runtimes and self.engine.runtimes != (runtime,):
+            log.info("container runtime from the Node object: %s", runtime)
+            self.engine.use_runtimes((runtime,))
+
+    def _on_policy(self, kind: str, obj: dict[str, Any]) -> None:
+        self.controller.on_policy(None if kind == "DELETED" else obj)
+
+    def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self.controller.on_pod_deleted(obj)
+        else:
+            self.controller.on_pod(obj)
+
+    def _reconcile_timer(self) -> None:
+        # The first tick after a random fraction of the period, so a DaemonSet rollout does
+        # not make every node reconcile at once (kured's delaytick).
+        delay = random.uniform(0.1, 1.0) * self.reconcile_seconds
+        while not self.stopping.wait(delay):
+            self.controller.request_reconcile()
+            delay = self.reconcile_seconds * random.uniform(0.8, 1.2)
+
+    # ------------------------------------------------------------ restarts
+
+    @contextmanager
+    def _restart_gate(self, runtime: str) -> Iterator[None]:
+        """A runtime restart holds one of maxConcurrentRestarts cluster-wide Lease slots."""
+        max_slots = self.controller.policy.max_concurrent_restarts
+        self.slots.max_slots = max_slots
+
+        def on_wait(holders: tuple[str, ...]) -> None:
+            held = f" (held by {', '.join(holders)})" if holders else ""
+            self.recorder.node(
+                self.node_name,
+                "Normal",
+                "ContainerRuntimeRestartDeferred",
+                f"Waiting for one of {max_slots} cluster-wide restart slot(s){held} before "
+                f"restarting {runtime}",
+            )
+
+        with self.slots.slot(runtime, on_wait=on_wait):
+            yield
+
+
+def _runner(args: argparse.Namespace) -> DirectRunner | NsenterRunner:
+    use_nsenter = args.runner == "nsenter" or (
+        args.runner == "auto" and os.path.realpath(args.host_root) != "/"
+    )
+    return NsenterRunner() if use_nsenter else DirectRunner()
+
+
+def _restart_method(args: argparse.Namespace) -> RestartMethod:
+    if args.restart_command:
+        return RestartMethod("command", tuple(shlex.split(args.restart_command)))
+    return restart_method_from_env()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise InputError(f"--metrics-address {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.node_name:
+        raise InputError("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")
+    fs = HostFS(args.host_root)
+    engine = Engine(fs, _runner(args), runtimes=args.runtime, restart_method=_restart_method(args))
+    # the node in the User-Agent: API audit logs then say which agent did what
+    user_agent = f"ca-trust-agent/{__version__} ({args.node_name})"
+    client = KubeClient.from_config(args.kubeconfig, user_agent=user_agent)
+    # evictions: one attempt per call, the Recycler owns the retry schedule
+    evict_client = KubeClient.from_config(
+        args.kubeconfig, user_agent=user_agent, retry=RetryPolicy(attempts=1)
+    )
+    metrics = Metrics()
+    agent = Agent(
+        client,
+        args.node_name,
+        args.namespace,
+        engine,
+        metrics=metrics,
+        reconcile_seconds=args.reconcile_seconds,
+        explicit_runtimes=bool(args.runtime),
+        evict_client=evict_client,
+    )
+    host, port = _address(args.metrics_address)
+    server = serve(metrics, host=host, port=port, readiness=agent.ready)
+    log.info("metrics on %s:%d", host, server.port)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    try:
+        while not agent.stopping.is_set():
+            agent.wait(1.0)
+    finally:
+        agent.stop()
+        agent.join()
+        server.stop()
+        client.close()
+        evict_client.close()
+    return 0
+
+
+__all__ = ["Agent", "ApiCluster", "run"]

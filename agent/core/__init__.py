@@ -1,0 +1,1 @@
+"""Pure values and decisions: no files, no sockets, no processes, no API calls."""

@@ -1,0 +1,94 @@
+"""Pure: should this pull failure be remediated on this node, and what do we tell people?
+
+The gate sits between `detect` and the engine. It never touches the network or the node:
+it looks at the failure, whether the node opted in, and the policy, and returns a verdict
+whose `reason` is one of the Event reasons fixed in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.detect import PullFailure
+from agent.core.hostport import HostPort
+from agent.core.policy import Policy
+
+REMEDIATE = "remediate"
+DENY = "deny"
+REPORT = "report"
+IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # remediate | deny | report | ignore
+    event_reason: str | None  # Event reason to emit first (None: say nothing)
+    message: str
+    endpoint: HostPort | None = None
+    registry: HostPort | None = None
+    pins: tuple[str, ...] = ()
+    dry_run: bool = False
+
+
+def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
+    """Decide. Order matters: opt-in first (an idle node says nothing), then what can never
+    be fixed by trusting a CA, then the default-deny registry policy."""
+    if not opted_in:
+        return Verdict(IGNORE, None, "node has not opted in")
+    endpoint = failure.failing
+    registry = failure.registry or endpoint
+    where = f"{endpoint.key}" if endpoint else "an unknown host"
+    image = f" pulling {failure.image}" if failure.image else ""
+    if failure.kind == "hostname-mismatch":
+        return Verdict(
+            REPORT,
+            "UntrustedRegistryDetected",
+            f"TLS failure at {where}{image}: the certificate is not valid for this host name; "
+            "trusting a CA cannot fix that, so nothing is installed",
+            endpoint,
+            registry,
+        )
+    if failure.kind == "conflicting-ca" or getattr(failure, "conflicting_ca", False):
+        return Verdict(
+            REPORT,
+            "UntrustedRegistryDetected",
+            f"x509 unknown authority at {where}{image}, but a different CA with the issuer's name "
+            "is already trusted on this node (rotated CA or interception); not remediated, "
+            "check the node's trust store",
+            endpoint,
+            registry,
+        )
+    if failure.kind != "unknown-authority" or endpoint is None:
+        return Verdict(
+            REPORT,
+            "UntrustedRegistryDetected",
+            f"x509 failure ({failure.kind}) at {where}{image}; "
+            "not a case ca-trust-agent remediates",
+            endpoint,
+            registry,
+        )
+    decision = policy.decide(endpoint)
+    if not decision.allowed:
+        return Verdict(DENY, "RegistryNotAllowed", decision.reason, endpoint, registry)
+    if registry is not None and registry != endpoint:
+        reg_decision = policy.decide(registry)
+        if not reg_decision.allowed:
+            return Verdict(
+                DENY,
+                "RegistryNotAllowed",
+                f"{endpoint.key} is allowed, but the image's registry {registry.key} is not: "
+                + reg_decision.reason,
+                endpoint,
+                registry,
+            )
+    return Verdict(
+        REMEDIATE,
+        "UntrustedRegistryDetected",
+        f"x509: certificate signed by unknown authority at {endpoint.key}{image}; "
+        f"{'dry run: will show' if policy.dry_run else 'fetching the chain to install'} its CA "
+        f"(policy scope {policy.scope})",
+        endpoint,
+        registry,
+        decision.pins,
+        policy.dry_run,
+    )

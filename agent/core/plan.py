@@ -1,0 +1,244 @@
+"""Pure planning: what must happen on the node to install or remove one trust anchor.
+
+The planner sees values only — placements, what is on disk now, what the ledger says —
+and returns an ordered tuple of actions. `remediate` applies them through `host`. Keeping
+the decision here makes `--dry-run` exact (it prints the very plan that would run) and
+makes idempotency a comparison of bytes: same bytes on disk and in the ledger, no action.
+
+Order matters for crash safety: the ledger records the intent (state "installing" /
+"removing") before the first file changes, so a run that dies half-way leaves a ledger
+entry that names every path it may have touched, and the next run converges.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from agent.core.errors import LedgerError
+from agent.core.hostport import HostPort
+from agent.core.ledger_entry import LedgerEntry
+from agent.core.placement import FILE_PREFIX, Placement
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class RemoveFile:
+    path: str
+
+
+@dataclass(frozen=True)
+class RemoveDir:
+    """Remove a directory we created, only if it is empty by then."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Refresh:
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verify:
+    """A fresh TLS handshake to `target` trusting only `cafile`."""
+
+    target: HostPort
+    cafile: str
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Restart:
+    runtime: str
+
+
+@dataclass(frozen=True)
+class RecordLedger:
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class DropLedger:
+    endpoint: str
+
+
+Action = (
+    MakeDir
+    | WriteFile
+    | RemoveFile
+    | RemoveDir
+    | Refresh
+    | Verify
+    | Restart
+    | RecordLedger
+    | DropLedger
+)
+
+
+@dataclass(frozen=True)
+class DiskState:
+    """What the planner needs to know about the node: bytes of each path of interest
+    (None when absent) and which directories exist."""
+
+    files: Mapping[str, bytes | None]
+    dirs: frozenset[str]
+
+
+def describe(action: Action) -> str:
+    """One line per action, for --dry-run and logs."""
+    match action:
+        case MakeDir(path):
+            return f"create directory {path}"
+        case WriteFile(path, content, mode):
+            return f"write {path} ({len(content)} bytes, mode {mode:04o})"
+        case RemoveFile(path):
+            return f"remove {path}"
+        case RemoveDir(path):
+            return f"remove directory {path} if empty"
+        case Refresh(argv):
+            return "run " + " ".join(argv)
+        case Verify(target, cafile, _):
+            return f"verify a TLS handshake to {target.key} trusting only {cafile}"
+        case Restart(runtime):
+            return f"restart {runtime} and wait until it answers"
+        case RecordLedger(entry):
+            return f"record {entry.endpoint} in the ledger as {entry.state}"
+        case DropLedger(endpoint):
+            return f"drop {endpoint} from the ledger"
+    raise AssertionError(action)  # pragma: no cover - the match above is exhaustive
+
+
+def _missing_dirs(path: str, existing: frozenset[str]) -> list[str]:
+    """Directories between / and `path` that do not exist yet, outermost first."""
+    missing: list[str] = []
+    cur = path
+    while cur not in ("/", "") and cur not in existing:
+        missing.append(cur)
+        cur = posixpath.dirname(cur)
+    return list(reversed(missing))
+
+
+def is_current(entry: LedgerEntry | None, placements: Sequence[Placement], disk: DiskState) -> bool:
+    """True when the ledger says installed and every file holds exactly the intended bytes."""
+    if entry is None or entry.state != "installed":
+        return False
+    if set(entry.files) != {p.file for p in placements}:
+        return False
+    return all(disk.files.get(p.file) == p.content for p in placements)
+
+
+def plan_install(
+    entry: LedgerEntry,
+    placements: Sequence[Placement],
+    disk: DiskState,
+    *,
+    previous: LedgerEntry | None,
+    restart_runtimes: Sequence[str],
+    verify: Verify | None,
+) -> tuple[Action, ...]:
+    """Actions that take the node from `disk` (+ `previous` ledger entry) to `entry`.
+
+    `entry` is the final ledger record (state "installed"); the plan first records it as
+    "installing" with the union of old and new paths, so an interrupted run can undo all.
+    Files of a previous install that the new one does not use (scope changed) go away.
+    """
+    if is_current(previous, placements, disk):
+        return ()
+    if previous is not None:
+        check_ours(previous)
+    old_files = tuple(previous.files) if previous else ()
+    old_dirs = tuple(previous.dirs) if previous else ()
+    new_files = tuple(p.file for p in placements)
+    created: list[str] = []
+    seen_dirs = set(disk.dirs)
+    for p in placements:
+        for d in _missing_dirs(p.directory, frozenset(seen_dirs)):
+            created.append(d)
+            seen_dirs.add(d)
+    dirs = tuple(dict.fromkeys((*old_dirs, *created)))
+    intent = replace(
+        entry,
+        state="installing",
+        files=tuple(dict.fromkeys((*old_files, *new_files))),
+        dirs=dirs,
+    )
+    actions: list[Action] = [RecordLedger(intent)]
+    actions += [MakeDir(d) for d in created]
+    for p in placements:
+        if disk.files.get(p.file) != p.content:
+            actions.append(WriteFile(p.file, p.content))
+    stale = [f for f in old_files if f not in new_files]
+    actions += [RemoveFile(f) for f in stale]
+    stale_dirs = [d for d in old_dirs if d not in created and not _holds_any(d, new_files)]
+    actions += [RemoveDir(d) for d in sorted(stale_dirs, key=len, reverse=True)]
+    # After a scope change the old store must forget our stale file too (its undo command).
+    stale_refresh = [tuple(r) for r in previous.refresh] if previous and stale else []
+    refreshes = _unique_refreshes([p.refresh for p in placements if p.refresh] + stale_refresh)
+    actions += [Refresh(r) for r in refreshes]
+    if verify is not None:
+        actions.append(verify)
+    actions += [Restart(r) for r in restart_runtimes]
+    final = replace(entry, state="installed", dirs=tuple(d for d in dirs if d not in stale_dirs))
+    actions.append(RecordLedger(final))
+    return tuple(actions)
+
+
+def check_ours(entry: LedgerEntry) -> None:
+    """Refuse an entry that names paths we can never have written (a tampered ledger).
+
+    Every file we write is named ca-trust-agent-*.crt, and every directory we create holds
+    one of them; anything else in an entry would make `remove` delete a stranger's file.
+    """
+    bad = [f for f in entry.files if not _our_file(f)]
+    files = [f for f in entry.files if _our_file(f)]
+    bad += [d for d in entry.dirs if not _holds_any(d, files) or ".." in d.split("/")]
+    if bad:
+        raise LedgerError(
+            f"ledger entry {entry.endpoint} names paths ca-trust-agent never writes: "
+            f"{', '.join(bad)}; refusing to touch them (edit or remove the ledger entry)",
+            kind="not-ours",
+        )
+
+
+def _our_file(path: str) -> bool:
+    name = posixpath.basename(path)
+    return (
+        path.startswith("/")
+        and ".." not in path.split("/")
+        and name.startswith(FILE_PREFIX)
+        and name.endswith(".crt")
+    )
+
+
+def plan_remove(entry: LedgerEntry, *, restart_runtimes: Sequence[str]) -> tuple[Action, ...]:
+    """Undo exactly what the ledger entry names, then forget it."""
+    check_ours(entry)
+    actions: list[Action] = [RecordLedger(replace(entry, state="removing"))]
+    actions += [RemoveFile(f) for f in entry.files]
+    actions += [RemoveDir(d) for d in sorted(entry.dirs, key=len, reverse=True)]
+    actions += [Refresh(tuple(r)) for r in _unique_refreshes([tuple(r) for r in entry.refresh])]
+    actions += [Restart(r) for r in restart_runtimes]
+    actions.append(DropLedger(entry.endpoint))
+    return tuple(actions)
+
+
+def _holds_any(directory: str, files: Sequence[str]) -> bool:
+    prefix = directory.rstrip("/") + "/"
+    return any(f.startswith(prefix) for f in files)
+
+
+def _unique_refreshes(items: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return list(dict.fromkeys(items))

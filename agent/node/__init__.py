@@ -1,0 +1,1 @@
+"""Everything that touches the node: files under the host root, commands, TLS, runtimes."""

@@ -1,0 +1,168 @@
+"""The OS trust store: which anchor directory and refresh command, from `/etc/os-release`.
+
+Adding a CA here makes every TLS client on the node trust it, and the runtimes only see it
+after a restart (Go caches the system roots on first use); registry scope is preferred.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from agent.core.errors import StoreError
+from agent.core.hostport import HostPort
+from agent.node.host import HostFS
+from agent.node.stores import Placement, file_name
+
+
+@dataclass(frozen=True)
+class _Layout:
+    anchor_dir: str
+    refresh: tuple[str, ...]
+    bundle: str
+    # After a removal. Debian's update-ca-certificates counts only added links and "!"-listed
+    # removals, so a deleted local .crt leaves a dangling ca-trust-agent-*.pem link and its
+    # hash link in /etc/ssl/certs; --fresh rebuilds the links (seen on Debian 12).
+    refresh_after_remove: tuple[str, ...] | None = None
+
+
+LAYOUTS: dict[str, _Layout] = {
+    "rhel": _Layout(
+        "/etc/pki/ca-trust/source/anchors",
+        ("update-ca-trust", "extract"),
+        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    ),
+    "debian": _Layout(
+        "/usr/local/share/ca-certificates",
+        ("update-ca-certificates",),
+        "/etc/ssl/certs/ca-certificates.crt",
+        ("update-ca-certificates", "--fresh"),
+    ),
+    "suse": _Layout(
+        "/etc/pki/trust/anchors",
+        ("update-ca-certificates",),
+        "/var/lib/ca-certificates/ca-bundle.pem",
+    ),
+    "alpine": _Layout(
+        "/usr/local/share/ca-certificates",
+        ("update-ca-certificates",),
+        "/etc/ssl/certs/ca-certificates.crt",
+    ),
+}
+
+# os-release IDs (lower-cased) -> family. ID_LIKE is consulted with the same table.
+FAMILIES: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "rhel",
+            "centos",
+            "rocky",
+            "almalinux",
+            "fedora",
+            "ol",
+            "amzn",
+            "euleros",
+            "openeuler",
+            "hce",
+        ),
+        "rhel",
+    ),
+    **dict.fromkeys(("debian", "ubuntu"), "debian"),
+    **dict.fromkeys(
+        ("sles", "sled", "sle-micro", "opensuse", "opensuse-leap", "opensuse-tumbleweed", "suse"),
+        "suse",
+    ),
+    "alpine": "alpine",
+}
+
+OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """KEY=VALUE lines, values quoted or not, `#` comments; malformed lines are skipped
+    (os-release(5) tells readers to ignore what they do not understand)."""
+    fields: dict[str, str] = {}
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        key = key.strip()
+        if not key.isidentifier():
+            continue
+        try:
+            words = shlex.split(raw, comments=True)
+        except ValueError:
+            continue
+        fields[key] = " ".join(words)
+    return fields
+
+
+def family_of(os_id: str, id_like: str = "") -> str | None:
+    for candidate in (os_id, *id_like.split()):
+        family = FAMILIES.get(candidate.lower())
+        if family is not None:
+            return family
+    return None
+
+
+@dataclass(frozen=True)
+class SystemStore:
+    os_id: str
+    family: str
+    anchor_dir: str
+    refresh: tuple[str, ...]
+    bundle: str
+    refresh_after_remove: tuple[str, ...] | None = None
+
+    def placement(
+        self, endpoint: HostPort, pem: bytes, registry: HostPort | None = None
+    ) -> Placement:
+        # `registry` does not change where an OS anchor goes: the OS store is not per registry.
+        del registry
+        return Placement(
+            store="system",
+            scope="system",
+            directory=self.anchor_dir,
+            file=f"{self.anchor_dir}/{file_name(endpoint.key)}",
+            content=pem,
+            refresh=self.refresh,
+            needs_restart=True,
+            verify_cafile=self.bundle,
+            refresh_after_remove=self.refresh_after_remove,
+        )
+
+
+def system_store(fs: HostFS) -> SystemStore:
+    """The OS store of the host under `fs`; StoreError("unsupported-os") when unknown."""
+    for path in OS_RELEASE_PATHS:
+        data = fs.read_bytes(path, limit=64 * 1024)
+        if data is not None:
+            break
+    else:
+        raise StoreError(
+            f"cannot tell the host's OS: neither {' nor '.join(OS_RELEASE_PATHS)} exists "
+            f"under {fs.root}",
+            kind="unsupported-os",
+        )
+    fields = parse_os_release(data.decode("utf-8", errors="replace"))
+    os_id = fields.get("ID", "").lower()
+    id_like = fields.get("ID_LIKE", "").lower()
+    family = family_of(os_id, id_like)
+    if family is None:
+        raise StoreError(
+            f"unsupported OS ID={os_id or '(none)'!s}"
+            + (f" ID_LIKE={id_like!r}" if id_like else "")
+            + f" in {path}: system scope knows the RHEL, Debian/Ubuntu, SUSE and Alpine "
+            "families; use registry scope",
+            kind="unsupported-os",
+        )
+    layout = LAYOUTS[family]
+    return SystemStore(
+        os_id=os_id,
+        family=family,
+        anchor_dir=layout.anchor_dir,
+        refresh=layout.refresh,
+        bundle=layout.bundle,
+        refresh_after_remove=layout.refresh_after_remove,
+    )

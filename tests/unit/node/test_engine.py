@@ -1,0 +1,369 @@
+"""The node engine on a host-root tree: what install, remove and recovery do to the files.
+
+The network, the refresh command and runtime restarts are stand-ins here (recorded, or
+made to fail on purpose); the real ones run in tests/e2e. What this file pins down is the
+engine's contract: exactly which files appear, idempotency, dry run, rollback, undo.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent.core.errors import ApplyError, RuntimeRestartError, StoreError, TrustError
+from agent.core.hostport import HostPort, parse_hostport
+from agent.core.trust import CertInfo, cert_from_der
+from agent.node.engine import Engine, InstallRequest
+from agent.node.host import CommandResult, HostFS
+from lab import pki
+
+REG = parse_hostport("registry.test:5443")
+CERTS_D = "/etc/containerd/certs.d"
+OUR_FILE = f"{CERTS_D}/registry.test:5443/ca-trust-agent-registry.test_5443.crt"
+SYSTEM_FILE = "/usr/local/share/ca-certificates/ca-trust-agent-registry.test_5443.crt"
+
+
+@dataclass
+class Runner:
+    """Records every command; commands named in `fail` exit 1."""
+
+    fail: set[str] = field(default_factory=set)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> CommandResult:
+        self.calls.append(tuple(argv))
+        rc = 1 if argv[0] in self.fail else 0
+        return CommandResult(tuple(argv), rc, "", "boom" if rc else "", 0.01, False)
+
+
+@dataclass
+class Manager:
+    """Stands in for RuntimeManager: records restarts, can refuse or fail them."""
+
+    refuse: bool = False
+    fail: bool = False
+    restarts: list[str] = field(default_factory=list)
+
+    def check_restart_allowed(
+        self, runtime: str, *, allow_docker_without_live_restore: bool
+    ) -> None:
+        if self.refuse:
+            raise RuntimeRestartError(f"{runtime}: live-restore is off", kind="refused")
+
+    def restart(self, runtime: str, *, timeout: float = 60.0) -> float:
+        if self.fail:
+            raise RuntimeRestartError(f"{runtime} did not come back", kind="failed")
+        self.restarts.append(runtime)
+        return 0.1
+
+
+@dataclass
+class Node:
+    root: Path
+    fs: HostFS
+    runner: Runner
+    manager: Manager
+    chain: tuple[CertInfo, ...]
+    ca: pki.PKI
+    verified: list[tuple[HostPort, str]]
+    verify_fails: bool = False
+
+    def engine(self, **kw: object) -> Engine:
+        def verify(target: HostPort, cafile: str) -> None:
+            self.verified.append((target, cafile))
+            if self.verify_fails:
+                raise ApplyError("handshake failed", kind="verify-failed")
+
+        return Engine(
+            self.fs,
+            self.runner,
+            runtimes=("containerd",),
+            manager=self.manager,  # type: ignore[arg-type]
+            fetch=lambda _t: self.chain,
+            verify=verify,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def files(self) -> set[str]:
+        return {
+            "/" + str(p.relative_to(self.root))
+            for p in self.root.rglob("*")
+            if p.is_file() and "ca-trust-agent" in str(p.relative_to(self.root))
+        }
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    root = tmp_path / "host"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        f'  config_path = "{CERTS_D}"\n'
+    )
+    (root / "etc/os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    (root / "usr/local/share/ca-certificates").mkdir(parents=True)
+    (root / "etc/ssl/certs").mkdir(parents=True)
+    ca = pki.make_pki(tmp_path / "pki", names=("registry.test",))
+    chain = tuple(cert_from_der(c.public_bytes(_der())) for c in ca.chain)
+    return Node(root, HostFS(str(root)), Runner(), Manager(), chain, ca, [])
+
+
+def _der():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+def ledger(node: Node) -> dict[str, object]:
+    data = json.loads((node.root / "var/lib/ca-trust-agent/ledger.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_registry_scope_writes_one_file_under_certs_d_and_needs_no_restart(node: Node) -> None:
+    result = node.engine().install(InstallRequest(REG, scope="registry"))
+    assert result.status == "installed"
+    assert result.scope == "registry"
+    assert node.files() == {OUR_FILE, "/var/lib/ca-trust-agent/ledger.json"}
+    assert (node.root / OUR_FILE.lstrip("/")).read_bytes() == node.ca.intermediate.pem  # type: ignore[union-attr]
+    assert node.manager.restarts == []
+    assert node.runner.calls == []
+    assert node.verified == [(REG, str(node.root / OUR_FILE.lstrip("/")))]
+    entry = node.engine().entries()[REG.key]
+    assert entry.state == "installed"
+    assert entry.files == (OUR_FILE,)
+    assert entry.sha256 == result.anchor.sha256  # type: ignore[union-attr]
+    assert f"{CERTS_D}/registry.test:5443" in entry.dirs
+
+
+def test_auto_scope_prefers_registry_when_containerd_has_config_path(node: Node) -> None:
+    assert node.engine().install(InstallRequest(REG)).scope == "registry"
+
+
+def test_auto_scope_falls_back_to_system_without_config_path(node: Node) -> None:
+    (node.root / "etc/containerd/config.toml").write_text("version = 2\n")
+    result = node.engine().install(InstallRequest(REG))
+    assert result.scope == "system"
+    assert node.runner.calls == [("update-ca-certificates",)]
+    assert node.manager.restarts == ["containerd"]
+    assert SYSTEM_FILE in node.files()
+
+
+def test_second_install_with_same_bytes_changes_nothing_and_restarts_nothing(node: Node) -> None:
+    engine = node.engine()
+    engine.install(InstallRequest(REG, scope="system"))
+    before = (node.runner.calls[:], node.manager.restarts[:], ledger(node))
+    again = engine.install(InstallRequest(REG, scope="system"))
+    assert again.status == "unchanged"
+    assert again.actions == ()
+    assert (node.runner.calls, node.manager.restarts, ledger(node)) == before
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(node: Node) -> None:
+    result = node.engine().install(InstallRequest(REG, scope="system", dry_run=True))
+    assert result.status == "dry-run"
+    kinds = [type(a).__name__ for a in result.actions]
+    assert kinds == ["RecordLedger", "WriteFile", "Refresh", "Verify", "Restart", "RecordLedger"]
+    assert node.files() == set()
+    assert node.runner.calls == [] and node.manager.restarts == []
+
+
+def test_failing_refresh_rolls_back_the_anchor_file_and_the_ledger(node: Node) -> None:
+    node.runner.fail.add("update-ca-certificates")
+    with pytest.raises(ApplyError) as err:
+        node.engine().install(InstallRequest(REG, scope="system"))
+    assert err.value.kind == "refresh-failed"
+    assert "rolled back" in str(err.value)
+    assert SYSTEM_FILE not in node.files()
+    assert ledger(node)["entries"] == {}
+    # refreshed once to install, once more after removing the file again (--fresh: Debian's
+    # plain run would leave a dangling link to the removed file in /etc/ssl/certs)
+    assert node.runner.calls == [
+        ("update-ca-certificates",),
+        ("update-ca-certificates", "--fresh"),
+    ]
+    assert node.manager.restarts == []
+
+
+def test_failed_verification_rolls_back_and_never_restarts(node: Node) -> None:
+    node.verify_fails = True
+    with pytest.raises(ApplyError) as err:
+        node.engine().install(InstallRequest(REG, scope="system"))
+    assert err.value.kind == "verify-failed"
+    assert SYSTEM_FILE not in node.files()
+    assert node.manager.restarts == []
+
+
+def test_refused_restart_fails_before_anything_is_written(node: Node) -> None:
+    node.manager.refuse = True
+    with pytest.raises(RuntimeRestartError) as err:
+        node.engine().install(InstallRequest(REG, scope="system"))
+    assert err.value.kind == "refused"
+    assert node.files() == set()
+
+
+def test_restart_never_installs_and_says_a_restart_is_still_required(node: Node) -> None:
+    result = node.engine().install(InstallRequest(REG, scope="system", restart="never"))
+    assert result.status == "installed"
+    assert result.restart_required == ("containerd",)
+    assert node.manager.restarts == []
+    assert "restart" in result.next_step
+
+
+def test_restart_failure_after_install_keeps_the_trust_and_reports_it(node: Node) -> None:
+    node.manager.fail = True
+    result = node.engine().install(InstallRequest(REG, scope="system"))
+    assert result.status == "installed"
+    assert result.restart_error is not None and result.restart_error.kind == "failed"
+    assert SYSTEM_FILE in node.files()
+    assert node.engine().entries()[REG.key].restarted == ()
+
+
+def test_pin_mismatch_is_refused_before_anything_is_written(node: Node) -> None:
+    with pytest.raises(TrustError) as err:
+        node.engine().install(InstallRequest(REG, pins=("sha256:" + "AB" * 32,)))
+    assert err.value.kind == "pin-mismatch"
+    assert node.files() == set()
+
+
+def test_matching_pin_installs(node: Node) -> None:
+    pin = node.chain[-1].sha256
+    assert node.engine().install(InstallRequest(REG, pins=(pin,))).status == "installed"
+
+
+def test_remove_undoes_exactly_what_the_ledger_says(node: Node) -> None:
+    engine = node.engine()
+    engine.install(InstallRequest(REG, scope="registry"))
+    result = engine.remove(REG)
+    assert result.status == "removed"
+    assert node.files() == {"/var/lib/ca-trust-agent/ledger.json"}
+    assert not (node.root / "etc/containerd/certs.d/registry.test:5443").exists()
+    assert ledger(node)["entries"] == {}
+
+
+def test_remove_of_system_scope_refreshes_and_restarts(node: Node) -> None:
+    engine = node.engine()
+    engine.install(InstallRequest(REG, scope="system"))
+    node.runner.calls.clear()
+    node.manager.restarts.clear()
+    engine.remove(REG)
+    assert SYSTEM_FILE not in node.files()
+    assert node.runner.calls == [("update-ca-certificates", "--fresh")]
+    assert node.manager.restarts == ["containerd"]
+
+
+def test_remove_of_something_never_installed_is_a_no_op(node: Node) -> None:
+    assert node.engine().remove(REG).status == "absent"
+
+
+def test_a_foreign_file_in_a_registry_dir_is_kept_when_we_remove_ours(node: Node) -> None:
+    regdir = node.root / "etc/containerd/certs.d/registry.test:5443"
+    regdir.mkdir(parents=True)
+    (regdir / "client.cert").write_text("not ours")
+    engine = node.engine()
+    engine.install(InstallRequest(REG, scope="registry"))
+    assert engine.entries()[REG.key].dirs == ()
+    engine.remove(REG)
+    assert (regdir / "client.cert").read_text() == "not ours"
+
+
+def test_a_foreign_hosts_toml_is_a_conflict_not_a_target(node: Node) -> None:
+    regdir = node.root / "etc/containerd/certs.d/registry.test:5443"
+    regdir.mkdir(parents=True)
+    (regdir / "hosts.toml").write_text('server = "https://registry.test:5443"\n')
+    with pytest.raises(StoreError) as err:
+        node.engine().install(InstallRequest(REG, scope="registry"))
+    assert err.value.kind == "conflict"
+    assert (regdir / "hosts.toml").read_text() == 'server = "https://registry.test:5443"\n'
+    assert node.files() == set()
+
+
+def test_a_symlink_planted_at_the_registry_dir_is_refused(node: Node, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (node.root / "etc/containerd/certs.d").mkdir(parents=True)
+    (node.root / "etc/containerd/certs.d/registry.test:5443").symlink_to(elsewhere)
+    with pytest.raises(StoreError) as err:
+        node.engine().install(InstallRequest(REG, scope="registry"))
+    assert err.value.kind == "symlink"
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_switching_scope_removes_the_files_of_the_previous_install(node: Node) -> None:
+    engine = node.engine()
+    engine.install(InstallRequest(REG, scope="system"))
+    engine.install(InstallRequest(REG, scope="registry"))
+    assert SYSTEM_FILE not in node.files()
+    assert OUR_FILE in node.files()
+    assert engine.entries()[REG.key].scope == "registry"
+
+
+def test_recover_undoes_an_install_that_died_half_way(node: Node) -> None:
+    """A crash after the intent was recorded and the file written, before 'installed'."""
+    engine = node.engine()
+    result = engine.install(InstallRequest(REG, scope="registry", dry_run=True))
+    from agent.core import plan as p
+
+    for action in result.actions[:3]:  # RecordLedger(installing), MakeDir..., WriteFile
+        engine._run(action, {})
+    assert engine.entries()[REG.key].state == "installing"
+    assert engine.recover() == [REG.key]
+    assert engine.entries() == {}
+    assert node.files() == {"/var/lib/ca-trust-agent/ledger.json"}
+    assert isinstance(result.actions[0], p.RecordLedger)
+
+
+def test_auth_host_trust_goes_into_the_image_registry_directory(node: Node) -> None:
+    auth = HostPort("auth.registry.test", 443)
+    node.chain = tuple(
+        cert_from_der(c.public_bytes(_der()))
+        for c in pki.make_pki(node.root.parent / "auth", names=("auth.registry.test",)).chain
+    )
+    node.engine().install(InstallRequest(auth, registry=REG, scope="registry"))
+    assert f"{CERTS_D}/registry.test:5443/ca-trust-agent-auth.registry.test_443.crt" in node.files()
+
+
+@contextmanager
+def _gate_log(log: list[str]) -> Iterator[None]:
+    log.append("acquired")
+    yield
+    log.append("released")
+
+
+def test_restarts_happen_inside_the_restart_gate(node: Node) -> None:
+    log: list[str] = []
+    engine = node.engine(restart_gate=lambda rt: _gate_log(log))
+    engine.install(InstallRequest(REG, scope="system"))
+    assert log == ["acquired", "released"]
+    assert node.manager.restarts == ["containerd"]
+
+
+def test_a_restart_that_failed_is_done_by_the_next_install_without_rewriting(node: Node) -> None:
+    """containerd did not come back: the CA stays, and running install again finishes the job."""
+    node.manager.fail = True
+    first = node.engine().install(InstallRequest(REG, scope="system"))
+    assert first.restart_error is not None
+    node.manager.fail = False
+    node.runner.calls.clear()
+    again = node.engine().install(InstallRequest(REG, scope="system"))
+    assert again.status == "installed"
+    assert [type(a).__name__ for a in again.actions] == ["Restart", "RecordLedger"]
+    assert node.runner.calls == []  # nothing written, nothing refreshed
+    assert node.manager.restarts == ["containerd"]
+    assert node.engine().entries()[REG.key].restarted == ("containerd",)
+    assert node.engine().install(InstallRequest(REG, scope="system")).status == "unchanged"
+
+
+def test_a_foreign_host_port_underscore_directory_is_a_conflict(node: Node) -> None:
+    """containerd reads certs.d/<host>_<port>_/ first: our file beside it would do nothing."""
+    (node.root / "etc/containerd/certs.d/registry.test_5443_").mkdir(parents=True)
+    with pytest.raises(StoreError) as err:
+        node.engine().install(InstallRequest(REG, scope="registry"))
+    assert err.value.kind == "conflict"
+    assert "registry.test_5443_" in str(err.value)
+    assert node.files() == set()

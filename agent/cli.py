@@ -285,7 +285,7 @@ def _engine(args: argparse.Namespace) -> Engine:
 
     from agent.node.engine import Engine
     from agent.node.host import DirectRunner, HostFS, NsenterRunner
-    from agent.node.runtime import RestartMethod, restart_method_from_env
+    from agent.node.runtimes import RestartMethod, restart_method_from_env
 
     fs = HostFS(args.host_root)
     use_nsenter = args.runner == "nsenter" or (

@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 from agent.core.hostport import HostPort  # noqa: E402
 from agent.node.engine import Engine, InstallRequest  # noqa: E402
 from agent.node.host import DirectRunner, HostFS  # noqa: E402
-from agent.node.runtime import RestartMethod, RuntimeManager  # noqa: E402
+from agent.node.runtimes import RestartMethod, RuntimeManager  # noqa: E402
 from lab.hostroot import node_root  # noqa: E402
 from lab.pki import make_pki  # noqa: E402
 from lab.tlsserver import TLSServer  # noqa: E402

@@ -31,7 +31,7 @@ from agent.core.recycle import DEFAULT_LIMITS, Limits
 from agent.metrics import Metrics, Readiness, serve
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS, NsenterRunner
-from agent.node.runtime import RestartMethod, restart_method_from_env
+from agent.node.runtimes import RestartMethod, restart_method_from_env
 
 log = logging.getLogger(__name__)
 

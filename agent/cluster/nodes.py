@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.cluster.client import KubeClient, resource_path
-from agent.node.runtime import runtime_from_version
+from agent.node.runtimes import runtime_from_version
 
 JSON = dict[str, Any]
 

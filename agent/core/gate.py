@@ -37,36 +37,51 @@ def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
         return Verdict(IGNORE, None, "node has not opted in")
     endpoint = failure.failing
     registry = failure.registry or endpoint
-    where = f"{endpoint.key}" if endpoint else "an unknown host"
     image = f" pulling {failure.image}" if failure.image else ""
+    if failure.kind != "unknown-authority" or endpoint is None or failure.conflicting_ca:
+        return _report(failure, endpoint, registry, image)
+    denied = _denied(policy, endpoint, registry)
+    if denied is not None:
+        return denied
+    return Verdict(
+        REMEDIATE,
+        "UntrustedRegistryDetected",
+        f"x509: certificate signed by unknown authority at {endpoint.key}{image}; "
+        f"{'dry run: will show' if policy.dry_run else 'fetching the chain to install'} its CA "
+        f"(policy scope {policy.scope})",
+        endpoint,
+        registry,
+        policy.decide(endpoint).pins,
+        policy.dry_run,
+    )
+
+
+def _report(
+    failure: PullFailure, endpoint: HostPort | None, registry: HostPort | None, image: str
+) -> Verdict:
+    """A TLS failure that trusting a CA cannot fix: say what it is, install nothing."""
+    where = f"{endpoint.key}" if endpoint else "an unknown host"
     if failure.kind == "hostname-mismatch":
-        return Verdict(
-            REPORT,
-            "UntrustedRegistryDetected",
+        why = (
             f"TLS failure at {where}{image}: the certificate is not valid for this host name; "
-            "trusting a CA cannot fix that, so nothing is installed",
-            endpoint,
-            registry,
+            "trusting a CA cannot fix that, so nothing is installed"
         )
-    if failure.kind == "conflicting-ca" or getattr(failure, "conflicting_ca", False):
-        return Verdict(
-            REPORT,
-            "UntrustedRegistryDetected",
-            f"x509 unknown authority at {where}{image}, but a different CA with the issuer's name "
-            "is already trusted on this node (rotated CA or interception); not remediated, "
-            "check the node's trust store",
-            endpoint,
-            registry,
+    elif failure.kind == "conflicting-ca" or failure.conflicting_ca:
+        why = (
+            f"x509 unknown authority at {where}{image}, but a different CA with the issuer's "
+            "name is already trusted on this node (rotated CA or interception); not remediated, "
+            "check the node's trust store"
         )
-    if failure.kind != "unknown-authority" or endpoint is None:
-        return Verdict(
-            REPORT,
-            "UntrustedRegistryDetected",
+    else:
+        why = (
             f"x509 failure ({failure.kind}) at {where}{image}; "
-            "not a case ca-trust-agent remediates",
-            endpoint,
-            registry,
+            "not a case ca-trust-agent remediates"
         )
+    return Verdict(REPORT, "UntrustedRegistryDetected", why, endpoint, registry)
+
+
+def _denied(policy: Policy, endpoint: HostPort, registry: HostPort | None) -> Verdict | None:
+    """Default deny: both the failing host and the image's registry must be allowed."""
     decision = policy.decide(endpoint)
     if not decision.allowed:
         return Verdict(DENY, "RegistryNotAllowed", decision.reason, endpoint, registry)
@@ -81,14 +96,4 @@ def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
                 endpoint,
                 registry,
             )
-    return Verdict(
-        REMEDIATE,
-        "UntrustedRegistryDetected",
-        f"x509: certificate signed by unknown authority at {endpoint.key}{image}; "
-        f"{'dry run: will show' if policy.dry_run else 'fetching the chain to install'} its CA "
-        f"(policy scope {policy.scope})",
-        endpoint,
-        registry,
-        decision.pins,
-        policy.dry_run,
-    )
+    return None

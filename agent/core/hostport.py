@@ -106,26 +106,7 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> HostPort:
             f"invalid registry address {text!r}: give host[:port], not a URL or path",
             kind="bad-host",
         )
-    host: str
-    port_text: str | None
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            raise InputError(f"invalid registry address {text!r}: unclosed '['", kind="bad-host")
-        host, rest = raw[1:end], raw[end + 1 :]
-        if _ip(host) is None or ":" not in host:
-            raise InputError(f"{host!r} in brackets is not an IPv6 address", kind="bad-host")
-        if rest and not rest.startswith(":"):
-            raise InputError(f"invalid registry address {text!r}", kind="bad-host")
-        port_text = rest[1:] if rest else None
-    elif raw.count(":") > 1:
-        host, port_text = raw, None  # bare IPv6 literal
-        if _ip(host) is None:
-            raise InputError(f"invalid registry address {text!r}", kind="bad-host")
-    elif ":" in raw:
-        host, port_text = raw.split(":", 1)
-    else:
-        host, port_text = raw, None
+    host, port_text = _split(raw, text)
     host = host.lower()
     ip = _ip(host)
     if ip is not None:
@@ -139,3 +120,25 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> HostPort:
     else:
         raise InputError(f"invalid port {port_text!r} in {text!r}", kind="bad-port")
     return HostPort(host, port)
+
+
+def _split(raw: str, text: str) -> tuple[str, str | None]:
+    """`host[:port]`, `[v6][:port]` or a bare IPv6 literal -> (host, port text or None)."""
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise InputError(f"invalid registry address {text!r}: unclosed '['", kind="bad-host")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if _ip(host) is None or ":" not in host:
+            raise InputError(f"{host!r} in brackets is not an IPv6 address", kind="bad-host")
+        if rest and not rest.startswith(":"):
+            raise InputError(f"invalid registry address {text!r}", kind="bad-host")
+        return host, (rest[1:] if rest else None)
+    if raw.count(":") > 1:  # bare IPv6 literal
+        if _ip(raw) is None:
+            raise InputError(f"invalid registry address {text!r}", kind="bad-host")
+        return raw, None
+    if ":" in raw:
+        host, port_text = raw.split(":", 1)
+        return host, port_text
+    return raw, None

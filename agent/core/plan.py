@@ -26,6 +26,9 @@ from agent.core.placement import FILE_PREFIX, Placement
 class MakeDir:
     path: str
 
+    def describe(self) -> str:
+        return f"create directory {self.path}"
+
 
 @dataclass(frozen=True)
 class WriteFile:
@@ -33,10 +36,16 @@ class WriteFile:
     content: bytes
     mode: int = 0o644
 
+    def describe(self) -> str:
+        return f"write {self.path} ({len(self.content)} bytes, mode {self.mode:04o})"
+
 
 @dataclass(frozen=True)
 class RemoveFile:
     path: str
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,16 @@ class RemoveDir:
 
     path: str
 
+    def describe(self) -> str:
+        return f"remove directory {self.path} if empty"
+
 
 @dataclass(frozen=True)
 class Refresh:
     argv: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "run " + " ".join(self.argv)
 
 
 @dataclass(frozen=True)
@@ -59,20 +74,32 @@ class Verify:
     cafile: str
     timeout: float = 10.0
 
+    def describe(self) -> str:
+        return f"verify a TLS handshake to {self.target.key} trusting only {self.cafile}"
+
 
 @dataclass(frozen=True)
 class Restart:
     runtime: str
+
+    def describe(self) -> str:
+        return f"restart {self.runtime} and wait until it answers"
 
 
 @dataclass(frozen=True)
 class RecordLedger:
     entry: LedgerEntry
 
+    def describe(self) -> str:
+        return f"record {self.entry.endpoint} in the ledger as {self.entry.state}"
+
 
 @dataclass(frozen=True)
 class DropLedger:
     endpoint: str
+
+    def describe(self) -> str:
+        return f"drop {self.endpoint} from the ledger"
 
 
 Action = (
@@ -99,26 +126,7 @@ class DiskState:
 
 def describe(action: Action) -> str:
     """One line per action, for --dry-run and logs."""
-    match action:
-        case MakeDir(path):
-            return f"create directory {path}"
-        case WriteFile(path, content, mode):
-            return f"write {path} ({len(content)} bytes, mode {mode:04o})"
-        case RemoveFile(path):
-            return f"remove {path}"
-        case RemoveDir(path):
-            return f"remove directory {path} if empty"
-        case Refresh(argv):
-            return "run " + " ".join(argv)
-        case Verify(target, cafile, _):
-            return f"verify a TLS handshake to {target.key} trusting only {cafile}"
-        case Restart(runtime):
-            return f"restart {runtime} and wait until it answers"
-        case RecordLedger(entry):
-            return f"record {entry.endpoint} in the ledger as {entry.state}"
-        case DropLedger(endpoint):
-            return f"drop {endpoint} from the ledger"
-    raise AssertionError(action)  # pragma: no cover - the match above is exhaustive
+    return action.describe()
 
 
 def _missing_dirs(path: str, existing: frozenset[str]) -> list[str]:

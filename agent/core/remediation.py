@@ -58,6 +58,7 @@ class Result:
 
     @property
     def next_step(self) -> str:
+        """What happens next, as the last clause of an Event message or CLI line."""
         if self.status == "dry-run":
             return "dry run: nothing was changed"
         if self.restart_error is not None:
@@ -68,12 +69,16 @@ class Result:
                 + " and ".join(self.restart_required)
                 + " restart (restart: never)"
             )
+        return self._effect()
+
+    def _effect(self) -> str:
+        restarted = "restarted " + ", ".join(self.restarted) + "; " if self.restarted else ""
         if self.status == "removed":
-            if self.restarted:
-                return "restarted " + ", ".join(self.restarted) + "; the CA is no longer trusted"
+            if restarted:
+                return restarted + "the CA is no longer trusted"
             return "the CA is no longer trusted for pulls from this registry"
-        if self.restarted:
-            return "restarted " + ", ".join(self.restarted) + "; pulls use the new trust now"
+        if restarted:
+            return restarted + "pulls use the new trust now"
         if self.scope == "registry":
             return "pulls from this registry use it now, no restart needed"
         return "no restart needed"

@@ -46,7 +46,7 @@ from agent.core.trust import cert_from_der, parse_pem_bundle, pem_bundle
 from agent.node.engine import Engine, InstallRequest
 from agent.node.host import CommandResult, HostFS
 from agent.node.ledger import Ledger
-from agent.node.runtime import RuntimeManager, containerd_socket, detect_runtimes
+from agent.node.runtimes import RuntimeManager, containerd_socket, detect_runtimes
 from agent.node.stores import file_name, safe
 from agent.node.stores.registry import load_containerd_config, registry_store
 from agent.node.stores.system import LAYOUTS, parse_os_release, system_store

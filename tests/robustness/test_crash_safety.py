@@ -38,7 +38,7 @@ import pytest
 
 from agent.node.host import HostFS
 from agent.node.ledger import LEDGER_PATH, Ledger, LedgerEntry
-from agent.node.runtime import H2_PREFACE
+from agent.node.runtimes import H2_PREFACE
 from lab import pki
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer

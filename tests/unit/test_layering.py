@@ -76,3 +76,13 @@ def test_the_idle_daemon_never_loads_the_x509_stack_or_typed_models() -> None:
         ),
     )
     assert loaded == []
+
+
+def test_no_module_in_the_agent_is_over_400_lines() -> None:
+    """A module that outgrows a screenful of concerns is split along them (ruff's size rules
+    keep each function under 60 statements; this keeps each room small)."""
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "agent").rglob("*.py")
+    }
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -25,7 +25,7 @@ import pytest
 
 from agent.core.errors import RuntimeRestartError
 from agent.node.host import DirectRunner, HostFS
-from agent.node.runtime import RestartMethod, RuntimeManager, detect_runtimes
+from agent.node.runtimes import RestartMethod, RuntimeManager, detect_runtimes
 
 pytestmark = [
     pytest.mark.integration,

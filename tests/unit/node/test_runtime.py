@@ -18,7 +18,7 @@ import pytest
 
 from agent.core.errors import InputError, RuntimeRestartError
 from agent.node.host import CommandResult, HostFS
-from agent.node.runtime import (
+from agent.node.runtimes import (
     H2_PREFACE,
     RUNTIMES,
     RestartMethod,

@@ -1,20 +1,9 @@
-"""Recycling pods through the Eviction API, off the controller's worker thread.
+"""The Recycler: the evictions a remediation asks for, run in their own thread.
 
-`evict()` is one POST of a policy/v1 Eviction to `pods/NAME/eviction`. The apiserver checks
-the pod's PodDisruptionBudgets before deleting it and answers 429 when a budget forbids it,
-so recycling never takes a workload below what its owner declared acceptable. A UID
-precondition makes sure a retry never evicts a StatefulSet pod's *replacement*, which has the
-same name.
-
-`Recycler` runs the evictions a remediation asks for in its own thread: one at a time, paced
-by a token bucket, a refused one retried later with back-off. Why a thread and not the
-controller's queue: a PodDisruptionBudget may refuse for minutes, and the worker must stay
-free for other hosts' remediations meanwhile. Which pods, how many and how fast are decided
-in `agent.core.recycle` (pure); this module only acts and reports.
-
-The client given to `evict` should not retry a 429 itself (RetryPolicy(attempts=1)): the
-Recycler owns the retry schedule, and a client that slept on Retry-After in place would stall
-every other eviction behind it.
+One at a time, paced by a token bucket, a refused one retried later with back-off. Why a
+thread and not the controller's queue: a PodDisruptionBudget may refuse for minutes, and the
+worker must stay free for other hosts' remediations meanwhile. Which pods, how many and how
+fast are decided in `agent.core.recycle` (pure); this module only acts and reports.
 """
 
 from __future__ import annotations
@@ -24,12 +13,11 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from agent.cluster.client import ApiError, resource_path
+from agent.cluster.evict.eviction import EVICTED, GONE, REFUSED, RETRY, Eviction
+from agent.cluster.evict.passes import Pass, Task, final_summary, summary
 from agent.core.recycle import (
     DEFAULT_LIMITS,
     FailingPod,
@@ -40,83 +28,12 @@ from agent.core.recycle import (
     select,
 )
 
-log = logging.getLogger(__name__)
-
-JSON = dict[str, Any]
-
-EVICTED = "evicted"  # the pod is being deleted; its controller recreates it
-GONE = "gone"  # already deleted, or replaced (UID precondition failed): nothing to do
-REFUSED = "refused"  # 429 from a PodDisruptionBudget: retry later
-RETRY = "retry"  # throttled (429 without a budget) or a transient failure: retry later
-FAILED = "failed"  # will not work by retrying (403: no RBAC for pods/eviction, 400, ...)
+# the name the recycler has always logged under: log pipelines filter on it
+log = logging.getLogger("agent.cluster.evict")
 
 REASON = "PodRecycled"
 NORMAL = "Normal"
 WARNING = "Warning"
-
-
-@dataclass(frozen=True)
-class Eviction:
-    """What one eviction request came to."""
-
-    outcome: str  # EVICTED | GONE | REFUSED | RETRY | FAILED
-    message: str = ""
-    retry_after: float | None = None  # the server's Retry-After, seconds
-
-    @property
-    def again(self) -> bool:
-        return self.outcome in (REFUSED, RETRY)
-
-
-class Poster(Protocol):
-    def create(self, path: str, body: JSON) -> JSON: ...
-
-
-def eviction_body(namespace: str, name: str, uid: str | None = None) -> JSON:
-    body: JSON = {
-        "apiVersion": "policy/v1",
-        "kind": "Eviction",
-        "metadata": {"name": name, "namespace": namespace},
-    }
-    if uid:
-        body["deleteOptions"] = {"preconditions": {"uid": uid}}
-    return body
-
-
-def evict(client: Poster, namespace: str, name: str, *, uid: str | None = None) -> Eviction:
-    """POST an Eviction for one pod; never raises for an API answer."""
-    path = resource_path("v1", "pods", namespace, name, "eviction")
-    try:
-        client.create(path, eviction_body(namespace, name, uid))
-    except ApiError as exc:
-        return classify(exc)
-    return Eviction(EVICTED)
-
-
-def classify(exc: ApiError) -> Eviction:
-    """Map an eviction's error answer to what the Recycler does next."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    message = str(body.get("message") or exc)
-    if exc.status == 404:
-        return Eviction(GONE, "the pod is already gone")
-    if exc.status == 409 and "precondition" in message.lower():
-        return Eviction(GONE, "the pod was already replaced")
-    if exc.status == 429:
-        details = body.get("details") or {}
-        retry_after = exc.retry_after
-        if retry_after is None and isinstance(details.get("retryAfterSeconds"), int | float):
-            retry_after = float(details["retryAfterSeconds"])
-        causes = [c.get("reason") for c in details.get("causes") or [] if isinstance(c, dict)]
-        by_budget = "DisruptionBudget" in causes or "disruption budget" in message.lower()
-        return Eviction(REFUSED if by_budget else RETRY, message, retry_after)
-    if exc.status == 500 and "more than one poddisruptionbudget" in message.lower():
-        return Eviction(FAILED, message)  # the apiserver never evicts such a pod
-    if exc.transient:
-        return Eviction(RETRY, message, exc.retry_after)
-    return Eviction(FAILED, message)
-
-
-# --- the Recycler --------------------------------------------------------------------------
 
 
 class Recorder(Protocol):
@@ -133,33 +50,6 @@ class RecycleMetrics(Protocol):
 
 Evict = Callable[[str, str, str], Eviction]  # (namespace, name, uid)
 StillFailing = Callable[[str, str], bool]  # (pod uid, endpoint key)
-
-
-@dataclass
-class _Pass:
-    """The recycling one remediation asked for, and its tally for the Node summary."""
-
-    endpoint: str
-    started: float
-    known: set[str] = field(default_factory=set)  # pod uids this pass has seen
-    scheduled: int = 0  # counts toward the cap
-    first_round: int = 0  # pods whose first attempt is still to come
-    pending: int = 0  # pods with an attempt still to come
-    left: int = 0
-    over_cap: int = 0
-    cooling: int = 0
-    tally: Counter[str] = field(default_factory=Counter)  # evicted, gone, recovered, gave-up
-    retrying: set[str] = field(default_factory=set)  # uids refused by a budget, waiting
-    retried: bool = False  # some first attempt was refused or failed transiently
-    failed: list[str] = field(default_factory=list)
-    summarized: bool = False
-
-
-@dataclass
-class _Task:
-    pod: FailingPod
-    run: _Pass
-    attempt: int = 1  # the attempt to make next; rate-limit waits do not count
 
 
 class Recycler:
@@ -191,9 +81,9 @@ class Recycler:
         self.clock = clock
         self._bucket = TokenBucket(limits.per_second, limits.burst, clock)
         self._lock = threading.Lock()
-        self._heap: list[tuple[float, int, _Task]] = []
+        self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
-        self._passes: dict[str, _Pass] = {}  # endpoint -> its latest pass
+        self._passes: dict[str, Pass] = {}  # endpoint -> its latest pass
         self._pending: set[str] = set()  # pod uids with an attempt queued
         self._recent: dict[tuple[str, str], float] = {}  # (owner uid, endpoint) -> evicted at
         # per endpoint, the pods last reported as not evicted (bare, over the cap, cooling):
@@ -219,7 +109,7 @@ class Recycler:
             news = [p for p in kept if p.uid not in before]
             if not chosen.evict and not news:
                 return chosen
-            run = _Pass(
+            run = Pass(
                 endpoint,
                 now,
                 left=len(chosen.left),
@@ -320,7 +210,7 @@ class Recycler:
 
     # ------------------------------------------------------------- internals
 
-    def _attempt(self, task: _Task) -> None:
+    def _attempt(self, task: Task) -> None:
         pod, run = task.pod, task.run
         try:
             result = self._evict(pod.namespace, pod.name, pod.uid)
@@ -350,7 +240,7 @@ class Recycler:
             log.warning("cannot evict pod %s/%s: %s", pod.namespace, pod.name, result.message)
             self._done(task, "error", result.message)
 
-    def _again(self, task: _Task, result: Eviction) -> None:
+    def _again(self, task: Task, result: Eviction) -> None:
         """Refused or throttled: retry with back-off, or give up once kubelet's own
         back-off would have retried the pull anyway."""
         pod, run = task.pod, task.run
@@ -394,7 +284,7 @@ class Recycler:
         if first:
             self._maybe_summarize(run)
 
-    def _done(self, task: _Task, result: str, message: str = "") -> None:
+    def _done(self, task: Task, result: str, message: str = "") -> None:
         """The pod's last attempt: tally, summarize the pass when its time has come."""
         pod, run = task.pod, task.run
         self._count(result, 1)
@@ -413,50 +303,20 @@ class Recycler:
         if finished:
             self._final_summary(run)
 
-    def _maybe_summarize(self, run: _Pass) -> None:
+    def _maybe_summarize(self, run: Pass) -> None:
         """The Node summary, once every pod of the pass had its first attempt."""
         with self._lock:
             if run.summarized or run.first_round > 0:
                 return
             run.summarized = True
-            t = run.tally
-            parts = [
-                f"recycled {t[EVICTED]} pods for {run.endpoint}",
-                f"{run.left} bare pods left to kubelet's retry",
-                f"{len(run.retrying)} refused by PodDisruptionBudget, retrying",
-            ]
-            if run.over_cap:
-                parts.append(
-                    f"{run.over_cap} over the cap of {self.limits.cap} per "
-                    "remediation left to kubelet's retry"
-                )
-            if run.cooling:
-                parts.append(
-                    f"{run.cooling} not recycled again: their controller's pods were "
-                    f"evicted for {run.endpoint} within "
-                    f"{self.limits.owner_cooldown / 60:.0f} min"
-                )
-            if t["recovered"]:
-                parts.append(f"{t['recovered']} recovered on their own")
-            if t["cancelled"]:
-                parts.append(f"{t['cancelled']} not evicted: recyclePods was turned off")
-            if t[GONE]:
-                parts.append(f"{t[GONE]} already gone")
-            if run.failed:
-                parts.append(f"{len(run.failed)} could not be evicted: {run.failed[0]}")
+            message = summary(run, self.limits)
             failed = bool(run.failed)
-        self.recorder.node(self.node_name, WARNING if failed else NORMAL, REASON, "; ".join(parts))
+        self.recorder.node(self.node_name, WARNING if failed else NORMAL, REASON, message)
 
-    def _final_summary(self, run: _Pass) -> None:
+    def _final_summary(self, run: Pass) -> None:
         """After retries settle, the outcome the first summary could not know yet."""
         with self._lock:
-            evicted, gave_up = run.tally[EVICTED], run.tally["gave-up"]
-        message = f"recycling for {run.endpoint} done after retries: {evicted} pods recycled"
-        if gave_up:
-            message += (
-                f"; {gave_up} left to kubelet's retry, eviction refused for "
-                f"{self.limits.retry_window:.0f}s"
-            )
+            message = final_summary(run, self.limits)
         self.recorder.node(self.node_name, NORMAL, REASON, message)
 
     def _tell_bare(self, pod: FailingPod, endpoint: str) -> None:
@@ -469,18 +329,18 @@ class Recycler:
             f"registry {endpoint} is trusted now; kubelet will retry the pull at its next back-off",
         )
 
-    def _recovered(self, task: _Task) -> bool:
+    def _recovered(self, task: Task) -> bool:
         check = self.still_failing
         return check is not None and not check(task.pod.uid, task.run.endpoint)
 
-    def _schedule(self, run: _Pass, pod: FailingPod, now: float) -> None:
+    def _schedule(self, run: Pass, pod: FailingPod, now: float) -> None:
         """Caller holds the lock."""
         run.known.add(pod.uid)
         run.scheduled += 1
         run.first_round += 1
         run.pending += 1
         self._pending.add(pod.uid)
-        heapq.heappush(self._heap, (now, next(self._seq), _Task(pod, run)))
+        heapq.heappush(self._heap, (now, next(self._seq), Task(pod, run)))
 
     def _forget_old(self, now: float) -> None:
         """Caller holds the lock."""
@@ -493,16 +353,3 @@ class Recycler:
             for _ in range(n):
                 self.metrics.record_pod_recycled(result)
 
-
-__all__ = [
-    "EVICTED",
-    "FAILED",
-    "GONE",
-    "REFUSED",
-    "RETRY",
-    "Eviction",
-    "Recycler",
-    "classify",
-    "evict",
-    "eviction_body",
-]

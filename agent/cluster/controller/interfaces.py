@@ -1,0 +1,63 @@
+"""What the controller's parts share: the narrow interfaces to the outside world (Events,
+the cluster reads and patches, metrics, the pod recycler), the pod reference a watch event
+becomes, and the work item the watch side queues for the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent.core.detect import PullFailure
+from agent.core.recycle import FailingPod, Owner
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+class Recorder(Protocol):
+    def node(self, node_name: str, type: str, reason: str, message: str) -> None: ...
+
+    def pod(
+        self, namespace: str, name: str, uid: str, type: str, reason: str, message: str
+    ) -> None: ...
+
+
+class Cluster(Protocol):
+    def pod_events(self, namespace: str, uid: str) -> list[Mapping[str, Any]]: ...
+
+    def set_trusted_registries(self, node_name: str, keys: Sequence[str]) -> None: ...
+
+
+class Metrics(Protocol):
+    def record_remediation(self, result: str, duration_seconds: float) -> None: ...
+
+    def record_runtime_restart(self, runtime: str, result: str) -> None: ...
+
+    def set_trusted(self, not_after: Mapping[str, datetime]) -> None: ...
+
+
+class PodRecycler(Protocol):
+    """recyclePods (agent.cluster.evict.Recycler): both calls only queue work, never block."""
+
+    def recycle(self, endpoint: str, pods: Iterable[FailingPod]) -> object: ...
+
+    def late(self, pod: FailingPod, endpoint: str) -> object: ...
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+    owner: Owner | None = None  # the controlling ownerReference: may recyclePods evict it?
+
+
+@dataclass
+class Work:
+    kind: str  # "failure" | "lookup" | "sync" | "reconcile" | "repair" | "stop"
+    pod: PodRef | None = None
+    failure: PullFailure | None = None
+    image: str | None = None
+    key: str | None = None  # "repair": the ledger entry to finish (an owed restart)

@@ -1,0 +1,156 @@
+"""The policy as values: its settings, its registry rules, the decision for one endpoint,
+and the bounds a policy.yaml must stay within.
+
+Which rule decides when several match is explained in the package docstring.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.core.hostport import DEFAULT_PORT, HostPort
+
+MAX_POLICY_BYTES = 1 << 20
+# Bounds that keep a document full of YAML aliases from multiplying the work.
+MAX_REGISTRIES = 1000
+MAX_PINS = 64
+MAX_CA_PEM_BYTES = 256 * 1024
+MAX_REPORTED_ERRORS = 20
+
+SCOPES = ("registry", "system", "auto")
+RESTARTS = ("auto", "never")
+
+
+@dataclass(frozen=True)
+class RegistryRule:
+    """One entry of `registries`: which endpoints it allows and what it requires."""
+
+    pattern: str  # canonical host (lower case, IPs normalised) or a lower-case glob
+    port: int | None = None  # None: any port
+    pins: tuple[str, ...] = ()  # "sha256:" + 64 upper-case hex digits, sorted, unique
+    ca_pem: bytes | None = None  # declarative anchors: deterministic PEM bundle
+    index: int = 0  # position in policy.yaml `registries`, for messages
+
+    @property
+    def is_glob(self) -> bool:
+        return "*" in self.pattern or "?" in self.pattern
+
+    @property
+    def host(self) -> str:
+        """The rule as an operator wrote it (canonicalised): `name[:port]` or the glob."""
+        name = f"[{self.pattern}]" if ":" in self.pattern else self.pattern
+        return name if self.port is None else f"{name}:{self.port}"
+
+    @property
+    def source(self) -> str:
+        return f"registries[{self.index}]"
+
+    def matches(self, endpoint: HostPort) -> bool:
+        if self.port is not None and self.port != endpoint.port:
+            return False
+        return self.matches_host(endpoint.host)
+
+    def matches_host(self, host: str) -> bool:
+        # HostPort hosts are already lower case; patterns are lower-cased when parsed.
+        if self.is_glob:
+            return fnmatch.fnmatchcase(host.lower(), self.pattern)
+        return host.lower() == self.pattern
+
+    def precedence(self) -> tuple[int, int, int, int]:
+        """Sort key: the smallest matching rule decides (see the package docstring)."""
+        if not self.is_glob:
+            return (0 if self.port is not None else 1, 0, 0, self.index)
+        return (2, -len(self.pattern), 0 if self.port is not None else 1, self.index)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """May the agent trust a CA for this endpoint, and under which pins."""
+
+    allowed: bool
+    rule: RegistryRule | None
+    pins: tuple[str, ...]
+    reason: str  # one operator-facing sentence, used in Events and logs
+
+
+@dataclass(frozen=True)
+class Policy:
+    scope: str = "auto"
+    restart: str = "auto"
+    max_concurrent_restarts: int = 1
+    allow_docker_restart_without_live_restore: bool = False
+    dry_run: bool = False
+    recycle_pods: bool = False  # reserved: recreate pods stuck in back-off after a fix
+    registries: tuple[RegistryRule, ...] = field(default=())
+
+    def rule_for(self, endpoint: HostPort) -> RegistryRule | None:
+        matching = [rule for rule in self.registries if rule.matches(endpoint)]
+        return min(matching, key=RegistryRule.precedence, default=None)
+
+    def decide(self, endpoint: HostPort) -> Decision:
+        rule = self.rule_for(endpoint)
+        if rule is not None:
+            reason = f"{endpoint.key} is allowed by policy.yaml {rule.source} (host {rule.host!r})"
+            if len(rule.pins) == 1:
+                reason += "; only an anchor with the pinned fingerprint will be trusted"
+            elif rule.pins:
+                reason += (
+                    f"; only an anchor with one of the {len(rule.pins)} pinned fingerprints "
+                    "will be trusted"
+                )
+            return Decision(True, rule, rule.pins, reason)
+        if not self.registries:
+            return Decision(
+                False,
+                None,
+                (),
+                f"{endpoint.key} is not allowed: policy.yaml lists no registries, so every "
+                "registry is denied",
+            )
+        return Decision(False, None, (), self._not_listed(endpoint))
+
+    def _not_listed(self, endpoint: HostPort) -> str:
+        reason = f"{endpoint.key} is not listed in policy.yaml registries"
+        other_port = [r for r in self.registries if r.matches_host(endpoint.host)]
+        if other_port:
+            rule = min(other_port, key=RegistryRule.precedence)
+            reason += f" ({rule.source} {rule.host!r} allows port {rule.port} only)"
+        return reason
+
+    def declared(self) -> tuple[tuple[HostPort, bytes, tuple[str, ...]], ...]:
+        """Registries with `caPEM`: trusted on every opted-in node without a fetch.
+
+        A caPEM rule without a port declares the CA for port 443 (the endpoint whose
+        certs.d directory is the bare host name).
+        """
+        return tuple(
+            (HostPort(rule.pattern, rule.port or DEFAULT_PORT), rule.ca_pem, rule.pins)
+            for rule in self.registries
+            if rule.ca_pem is not None
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The effective policy in policy.yaml's own words, for the startup log."""
+        return {
+            "scope": self.scope,
+            "restart": self.restart,
+            "maxConcurrentRestarts": self.max_concurrent_restarts,
+            "allowDockerRestartWithoutLiveRestore": self.allow_docker_restart_without_live_restore,
+            "dryRun": self.dry_run,
+            "recyclePods": self.recycle_pods,
+            "registries": [_rule_summary(rule) for rule in self.registries],
+        }
+
+
+DEFAULT_POLICY = Policy()
+
+
+def _rule_summary(rule: RegistryRule) -> dict[str, Any]:
+    summary: dict[str, Any] = {"host": rule.host}
+    if rule.pins:
+        summary["pins"] = list(rule.pins)
+    if rule.ca_pem is not None:
+        summary["caPEM"] = f"{rule.ca_pem.count(b'-----BEGIN CERTIFICATE-----')} certificate(s)"
+    return summary

@@ -1,0 +1,84 @@
+"""Removing an endpoint's trust, and converging what a crashed run left half-way."""
+
+from __future__ import annotations
+
+from agent.core import plan as p
+from agent.core.errors import AgentError
+from agent.core.hostport import HostPort
+from agent.core.remediation import Result
+from agent.node.engine.apply import Applier
+from agent.node.engine.base import log
+
+
+class Remover(Applier):
+    """`remove` (the CLI's and the daemon's) and `recover` (after a crash)."""
+
+    def remove(
+        self,
+        endpoint: HostPort,
+        *,
+        restart: str = "auto",
+        dry_run: bool = False,
+        allow_docker_restart_without_live_restore: bool = False,
+    ) -> Result:
+        entry = self.entries().get(endpoint.key)
+        registry = endpoint
+        if entry is None:
+            return Result(endpoint, registry, "absent", "", (), None, None, ())
+        from agent.core.hostport import parse_hostport
+
+        registry = parse_hostport(entry.registry)
+        needs_restart = entry.scope == "system" and restart == "auto"
+        restart_runtimes: list[str] = []
+        if needs_restart:
+            for rt in self.runtimes:
+                self.manager.check_restart_allowed(
+                    rt, allow_docker_without_live_restore=allow_docker_restart_without_live_restore
+                )
+            restart_runtimes = list(self.runtimes)
+        actions = p.plan_remove(entry, restart_runtimes=restart_runtimes)
+        required = tuple(self.runtimes) if entry.scope == "system" and restart == "never" else ()
+        if dry_run:
+            return Result(
+                endpoint,
+                registry,
+                "dry-run",
+                entry.scope,
+                entry.stores,
+                None,
+                None,
+                actions,
+                restart_required=required,
+            )
+        timings: dict[str, float] = {}
+        restarted, restart_error = self._apply(actions, timings, undo=None)
+        return Result(
+            endpoint,
+            registry,
+            "removed",
+            entry.scope,
+            entry.stores,
+            None,
+            None,
+            actions,
+            restarted=restarted,
+            restart_required=required,
+            restart_error=restart_error,
+            timings=timings,
+        )
+
+    def recover(self) -> list[str]:
+        """Converge entries a crashed run left half-way: undo 'installing', finish 'removing'.
+
+        Returns the endpoints it touched. Restarts are not done here: the caller decides.
+        """
+        touched: list[str] = []
+        for key, entry in sorted(self.entries().items()):
+            if entry.state in ("installing", "removing"):
+                try:
+                    self._apply(p.plan_remove(entry, restart_runtimes=()), {}, undo=None)
+                except AgentError as exc:  # one bad entry must not block the others
+                    log.warning("cannot converge ledger entry %s: %s", key, exc)
+                    continue
+                touched.append(key)
+        return touched

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from agent import __version__
 from agent.core.errors import AgentError, InputError
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    # what an operator checks first in a running pod (`kubectl exec ... -- ca-trust-agent
+    # --version`); argparse prints it and exits 0 before the required COMMAND is asked for
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def network(p: argparse.ArgumentParser) -> None:
@@ -117,6 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     _restart_options(i)
     i.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    i.add_argument(
+        "--image",
+        metavar="REF",
+        help="the image whose pull failed: after writing, the runtime pulls it through its "
+        "CRI (containerd, CRI-O) or Engine API (docker) to prove it uses the new trust",
+    )
+    i.add_argument(
+        "--verify",
+        choices=["auto", "runtime", "tls"],
+        default="auto",
+        help="runtime: the runtime's own pull must get past TLS (needs --image); tls: a "
+        "handshake trusting only the new CA; auto (default): runtime when --image is given "
+        "and a runtime answers, else tls",
+    )
+    i.add_argument(
+        "--hosts-toml",
+        choices=["refuse", "append"],
+        default="refuse",
+        help="a containerd certs.d/<registry>/hosts.toml someone else manages: refuse "
+        "(default: report the conflict, write nothing) or append our CA to its `ca` "
+        "(remove restores the file byte for byte)",
+    )
     network(i)
 
     sub.add_parser("list", parents=[common], help="what ca-trust-agent installed on this machine")
@@ -127,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("target", metavar="HOST[:PORT]")
     _restart_options(r)
     r.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+
+    st = sub.add_parser(
+        "status", help="cluster-wide: registry -> anchor -> nodes (exit 1 on a conflict)"
+    )
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.add_argument("--kubeconfig", default=None, help="default: KUBECONFIG or in-cluster")
+    st.add_argument("-n", "--namespace", default="ca-trust-agent")
 
     run = sub.add_parser("run", parents=[common], help="the DaemonSet loop")
     run.add_argument(
@@ -194,6 +227,12 @@ def _restart_options(p: argparse.ArgumentParser, *, with_policy: bool = True) ->
     )
 
 
+def _status(args: argparse.Namespace) -> int:
+    from agent.status import run as status  # the API client loads only for this command
+
+    return status(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.host_root = getattr(args, "host_root", "/")
@@ -211,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "list": _list,
             "remove": _remove,
             "run": _run,
+            "status": _status,
         }[args.command]
         return handler(args)
     except AgentError as exc:
@@ -325,6 +365,9 @@ def _install(args: argparse.Namespace) -> int:
         sni=args.sni,
         proxy=args.proxy,
         timeout=args.timeout,
+        image=args.image,
+        verify=args.verify,
+        hosts_toml=args.hosts_toml,
     )
     engine = _engine(args)
     result = engine.install(req)

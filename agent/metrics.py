@@ -1,8 +1,11 @@
 """Prometheus metrics and the agent's small HTTP endpoint: /metrics, /healthz, /readyz.
 
-The collectors live in a private `CollectorRegistry`: the global one would also export the
-client library's process/GC collectors and whatever any imported library registers, and two
-`Metrics` in one process (tests) would collide on names.
+The collectors live in a private `CollectorRegistry`: the global one would also export
+whatever any imported library registers, and two `Metrics` in one process (tests) would
+collide on names. The client library's standard process, platform and GC collectors are
+added to it explicitly (`process_resident_memory_bytes`, `process_cpu_seconds_total`,
+`process_start_time_seconds`, `python_info`, `python_gc_*`): the usual dashboards, and the
+agent's footprint target, read those off a running pod.
 
 The server is the standard library's `ThreadingHTTPServer` in a daemon thread: three paths do
 not justify a web framework, and a daemon thread never keeps a stopping agent alive.
@@ -19,7 +22,15 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # what every exporter has: /proc/self (memory, CPU, fds, start time), the
+        # interpreter's version and its garbage collector
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.remediations = Counter(
             "remediations",
             "Remediation attempts by result (trusted, dry-run, not-allowed, failed, ...).",
@@ -103,6 +119,16 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        # safe first trust: a node was shown another anchor than the cluster's record holds
+        # (an attacker on its path, or a rotation awaiting approval); labelled by registry,
+        # which the policy bounds (default deny)
+        self.trust_conflicts = Counter(
+            "trust_conflicts",
+            "Fetched anchors refused because the cluster's trust record holds another one.",
+            ["registry"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.pods_recycled = Counter(
             "pods_recycled",
             "Failing pods handled by recyclePods after a fix, by result (evicted, refused, "
@@ -111,10 +137,29 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        # Read at scrape time from the running agent (`bind_state`): the alert "agent not
+        # ready on an opted-in node" needs both, and a not-ready agent still serves /metrics.
+        self.ready = Gauge(
+            "ready",
+            "1 when the agent's watches have listed (what /readyz answers), else 0.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.node_opted_in = Gauge(
+            "node_opted_in",
+            "1 when this agent's Node carries ca-trust-agent.io/remediate=enabled, else 0.",
+            namespace=NAMESPACE,
+            registry=r,
+        )
         # Series that are set, not only incremented, are replaced as a whole under this lock
         # so a scrape never sees a half-updated set of endpoints.
         self._lock = threading.Lock()
         self._endpoints: set[str] = set()
+
+    def bind_state(self, *, ready: Callable[[], bool], opted_in: Callable[[], bool]) -> None:
+        """Export the agent's readiness and the node's opt-in, asked at every scrape."""
+        self.ready.set_function(lambda: float(ready()))
+        self.node_opted_in.set_function(lambda: float(opted_in()))
 
     def record_remediation(self, result: str, duration_seconds: float) -> None:
         self.remediations.labels(result=result).inc()
@@ -128,6 +173,9 @@ class Metrics:
 
     def record_pod_recycled(self, result: str) -> None:
         self.pods_recycled.labels(result=result).inc()
+
+    def record_trust_conflict(self, registry: str) -> None:
+        self.trust_conflicts.labels(registry=registry).inc()
 
     def record_event_dropped(self, reason: str = "") -> None:
         """Count a dropped Event. `reason` (rate-limited, api-error, ...) is accepted so this

@@ -7,7 +7,9 @@
 Sections: fetch (vs `openssl s_client -showcerts`), install (registry scope), install-system
 (real update-ca-certificates; root in a private mount namespace, else "skipped"), latency
 (detection -> CATrusted), idle (the `run` subprocess: RSS, CPU, other nodes' churn), slots
-(restart slots, 5 agents), scale (100 agents against one API server). A section that fails
+(restart slots, 5 agents), scale (100 agents against one API server), image (the
+Dockerfile built with a real dockerd: size per layer; root and mmdebstrap, else "skipped").
+A section that fails
 prints its error in the table instead of stopping the others. Nothing is asserted.
 """
 
@@ -35,6 +37,8 @@ SECTIONS = (
     "slots",
     "scale",
     "recycle",
+    "verify",
+    "image",
 )
 
 
@@ -95,6 +99,23 @@ def install_system_rows(runs: int) -> list[Row]:
     return _install_rows(section, system_scope(runs))
 
 
+def verify_rows(runs: int) -> list[Row]:
+    from bench.bench_verify import rows
+    from lab.sandbox import in_private_mount_namespace
+
+    section = "runtime verify"
+    if os.geteuid() != 0 or not in_private_mount_namespace():
+        why = "skipped: needs root in a private mount namespace (run scripts/bench)"
+        return [Row(section, "CRI pull of the lab image", why)]
+    return [Row(section, metric, value) for metric, value in rows(runs)]
+
+
+def image_rows() -> list[Row]:
+    from bench.bench_image import rows
+
+    return rows()
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -143,6 +164,8 @@ def run_sections(args: argparse.Namespace) -> list[Row]:
             q, args.agents, args.per_process, args.idle_seconds, args.scale_pods
         ),
         "recycle": lambda: [Row(*r) for r in bench_recycle.run(q)],
+        "verify": lambda: verify_rows(3 if q else 10),
+        "image": image_rows,
     }
     rows: list[Row] = []
     for name in args.only:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent.node.host import CommandResult
@@ -100,14 +101,29 @@ def failing_pod(
     return pod(name, node_name, image, waiting, owner=owner)
 
 
-class RecordingRunner:
-    """Stands in for host commands (update-ca-certificates & co.): records, succeeds."""
+def rebuild_debian_bundle(root: str | Path) -> None:
+    """What Debian's update-ca-certificates leaves for the runtimes, on a host-root tree:
+    `/etc/ssl/certs/ca-certificates.crt` concatenated from the `*.crt` anchors (the engine
+    reads it back after every refresh, so a stand-in must produce it)."""
+    base = Path(root)
+    bundle = base / "etc/ssl/certs/ca-certificates.crt"
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    anchors = sorted((base / "usr/local/share/ca-certificates").rglob("*.crt"))
+    bundle.write_bytes(b"".join(p.read_bytes() for p in anchors))
 
-    def __init__(self) -> None:
+
+class RecordingRunner:
+    """Stands in for host commands (update-ca-certificates & co.): records, succeeds; given
+    the host root, `update-ca-certificates` also rebuilds that root's bundle."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
         self.calls: list[tuple[str, ...]] = []
+        self.root = root
 
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> CommandResult:
         self.calls.append(tuple(argv))
+        if self.root is not None and argv and argv[0] == "update-ca-certificates":
+            rebuild_debian_bundle(self.root)
         return CommandResult(tuple(argv), 0, "", "", 0.0, False)
 
 

@@ -2,7 +2,8 @@
 
 No kube-apiserver runs here, so the agent's Kubernetes side (and the official python client,
 which the tests use as a referee) is tested against this fake. It serves the resources the
-agent touches — core/v1 pods, nodes, events, configmaps and coordination.k8s.io/v1 leases —
+agent touches — core/v1 pods, nodes, events, configmaps, coordination.k8s.io/v1 leases and
+certificates.k8s.io/v1beta1 clustertrustbundles —
 with the semantics the agent relies on:
 
 - one global, monotonically increasing resourceVersion; no-op writes do not bump it;
@@ -118,6 +119,14 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("configmaps", "ConfigMap", "v1", True, _COMMON_FIELDS),
         Kind("leases", "Lease", "coordination.k8s.io/v1", True, _COMMON_FIELDS),
+        # Beta since Kubernetes 1.33 (off by default there); the agent reads CAs from them.
+        Kind(
+            "clustertrustbundles",
+            "ClusterTrustBundle",
+            "certificates.k8s.io/v1beta1",
+            False,
+            _COMMON_FIELDS | {"spec.signerName"},
+        ),
     )
 }
 
@@ -380,6 +389,45 @@ def _route(path: str) -> _Route:
         raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
     name = rest[1] if len(rest) > 1 else None
     return _Route(kind, namespace, name, sub == "status", sub == "eviction")
+
+
+def discovery(path: str) -> JSON | None:
+    """Legacy (unaggregated) discovery for the served kinds, so `kubectl get/patch` work
+    against the fake; None for any other path."""
+    path = "/" + path.strip("/")
+    versions = sorted({k.api_version for k in KINDS.values()} - {"v1"})
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+    if path == "/apis":
+        groups = [
+            {
+                "name": v.split("/")[0],
+                "versions": [{"groupVersion": v, "version": v.split("/")[1]}],
+                "preferredVersion": {"groupVersion": v, "version": v.split("/")[1]},
+            }
+            for v in versions
+        ]
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    for version in ["v1", *versions]:
+        prefix = "/api/v1" if version == "v1" else f"/apis/{version}"
+        if path == prefix:
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": version,
+                "resources": [
+                    {
+                        "name": k.plural,
+                        "singularName": k.kind.lower(),
+                        "namespaced": k.namespaced,
+                        "kind": k.kind,
+                        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                    }
+                    for k in KINDS.values()
+                    if k.api_version == version
+                ],
+            }
+    return None
 
 
 @dataclass
@@ -968,6 +1016,9 @@ class _Handler(BaseHTTPRequestHandler):
             reason = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(injected, "Injected")
             self._send_json(injected, status_object(injected, reason, "injected by the test"),
                             retry_after="1" if injected == 429 else None)
+            return
+        if method == "GET" and (found := discovery(url.path)) is not None:
+            self._send_json(200, found)  # what kubectl reads to map `configmap` to a path
             return
         try:
             body = json.loads(raw) if raw else None

@@ -35,6 +35,12 @@ TRUST_FILES = ("/etc/ca-certificates.conf",)
 # Replaced by empty temp dirs: the lab writes its own runtime configuration there.
 NODE_DIRS = ("/etc/containerd", "/etc/docker", "/run/containerd", "/var/lib/ca-trust-agent")
 HOSTS = "/etc/hosts"
+# update-ca-certificates runs every hook here, and Debian's own (ca-certificates-java's
+# `jks-keystore`) appends to /var/lib/ca-certificates-java and runs `dpkg --triggers-only`:
+# writes outside the sandbox. The copy is emptied; a real node of course runs its hooks.
+HOOKS_DIR = "/etc/ca-certificates/update.d"
+# What those hooks write, watched (when present) like the trust paths: changed -> LabError.
+HOOK_TARGETS = ("/var/lib/ca-certificates-java", "/var/lib/dpkg/triggers")
 
 HOW_TO_RUN = (
     "needs root in a private mount namespace; run: "
@@ -168,6 +174,18 @@ def _tmpfs_copy(sandbox: Sandbox, path: str) -> None:
     shutil.rmtree(staging)
 
 
+def _hide_hooks() -> None:
+    """Empty the (tmpfs copy of the) hooks directory: see HOOKS_DIR."""
+    if not os.path.isdir(HOOKS_DIR):
+        return
+    for name in os.listdir(HOOKS_DIR):
+        path = os.path.join(HOOKS_DIR, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
 def _bind_copy(sandbox: Sandbox, path: str, copy: Path) -> None:
     shutil.copy2(path, copy)
     _run("mount", "--bind", str(copy), path)
@@ -225,8 +243,12 @@ def isolate_node_paths(
     try:
         for path in (*TRUST_DIRS, *TRUST_FILES, HOSTS):
             _open_real(sandbox, path)
+        for path in HOOK_TARGETS:
+            if os.path.isdir(path):
+                _open_real(sandbox, path)
         for path in TRUST_DIRS:
             _tmpfs_copy(sandbox, path)
+        _hide_hooks()
         for path in TRUST_FILES:
             _bind_copy(sandbox, path, base / Path(path).name)
         for path in NODE_DIRS:

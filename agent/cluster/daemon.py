@@ -1,7 +1,8 @@
 """`ca-trust-agent run`: wire the watches, the controller, Events, Leases and metrics.
 
 Nothing here decides anything (that is `controller`), and nothing here parses flags (that
-is `cli`). Threads: one per watch (own Node, policy ConfigMap, Pods on this node), one
+is `cli`). Threads: one per watch (own Node, policy ConfigMap, Pods on this node, and the
+caFrom sources the policy names: `casources`), one
 worker, one jittered reconcile timer, the metrics server. SIGTERM stops them all.
 """
 
@@ -19,12 +20,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from agent import __version__
+from agent.cluster.casources import CASources
 from agent.cluster.client import KubeClient, RetryPolicy, resource_path
 from agent.cluster.controller import Controller
 from agent.cluster.events import EventRecorder
 from agent.cluster.evict import Eviction, Recycler, evict
+from agent.cluster.firsttrust import FirstTrust
 from agent.cluster.lease import RestartSlots
 from agent.cluster.nodes import TrustedRegistriesAnnotation
+from agent.cluster.trustrecord import TrustRecord
 from agent.cluster.watch import Watcher
 from agent.core.errors import InputError
 from agent.core.recycle import DEFAULT_LIMITS, Limits
@@ -108,6 +112,13 @@ class Agent:
             limits=recycle_limits,
         )
         self.controller.recycler = self.recycler
+        # safe first trust: a fetched anchor is installed only as the cluster's record allows
+        self.trust_record = TrustRecord(client, namespace)
+        self.first_trust = FirstTrust(
+            self.trust_record, namespace=namespace, policy_name=POLICY_NAME, conflicts=self.metrics
+        )
+        self.first_trust.bind(self.controller)
+        record_path, record_selector = self.trust_record.watch_path()
         self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
         self.reconcile_seconds = reconcile_seconds
@@ -126,6 +137,12 @@ class Agent:
                 field_selector=f"metadata.name={POLICY_NAME}",
                 on_restart=lambda r: self.metrics.record_watch_restart("policy", r),
             ),
+            "record": Watcher(
+                client,
+                record_path,
+                field_selector=record_selector,
+                on_restart=lambda r: self.metrics.record_watch_restart("record", r),
+            ),
             "pods": Watcher(
                 client,
                 resource_path("v1", "pods"),
@@ -133,6 +150,16 @@ class Agent:
                 on_restart=lambda r: self.metrics.record_watch_restart("pods", r),
             ),
         }
+        # caFrom: ConfigMap / ClusterTrustBundle watches, only for the kinds the policy names
+        self.sources = CASources(
+            client,
+            namespace,
+            self.controller.on_ca_sources,
+            on_restart=self.metrics.record_watch_restart,
+        )
+        self.metrics.bind_state(
+            ready=lambda: self.ready().ready, opted_in=lambda: self.controller.opted_in
+        )
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -148,9 +175,10 @@ class Agent:
             "node": self._on_node,
             "policy": self._on_policy,
             "pods": self._on_pod,
+            "record": self.first_trust.on_record,
         }
-        # The node and the policy first: a pod failure is judged by both.
-        for name in ("node", "policy", "pods"):
+        # The node, the policy and the trust record first: a pod failure is judged by them.
+        for name in ("node", "policy", "record", "pods"):
             self._spawn(f"watch-{name}", self._pump, name, handlers[name])
         self._spawn("worker", self.controller.work, self.stopping)
         self._spawn("recycler", self.recycler.serve, self.stopping)
@@ -169,6 +197,7 @@ class Agent:
         self.stopping.set()
         for w in self.watchers.values():
             w.stop()
+        self.sources.stop()
         self.controller.stop()
         self.recycler.wake()
 
@@ -178,6 +207,7 @@ class Agent:
     def join(self, timeout: float = 10.0) -> None:
         for t in self._threads:
             t.join(timeout)
+        self.sources.join(timeout)
         self.recorder.close()
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -202,11 +232,15 @@ class Agent:
         self.controller.on_node(obj)
         runtime = self.controller.runtime
         if runtime and not self.explicit_runtimes and self.engine.runtimes != (runtime,):
-            log.info("container runtime from the Node object: %s", runtime)
-            self.engine.use_runtimes((runtime,))
+            info = obj.get("status", {}).get("nodeInfo", {}) if isinstance(obj, dict) else {}
+            version = info.get("containerRuntimeVersion", "") if isinstance(info, dict) else ""
+            log.info("container runtime from the Node object: %s", version or runtime)
+            self.engine.use_runtimes((runtime,), version=str(version))
 
     def _on_policy(self, kind: str, obj: dict[str, Any]) -> None:
         self.controller.on_policy(None if kind == "DELETED" else obj)
+        if not self.stopping.is_set():
+            self.sources.configure(self.controller.policy.sources())
 
     def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -264,6 +298,19 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
+class MetricsAddressError(InputError):
+    """The metrics endpoint cannot listen where it was told to (port in use, no such
+    address): exit 2, with the address and the system's reason in one line."""
+
+    def __init__(self, address: str, exc: OSError) -> None:
+        why = exc.strerror or str(exc)
+        super().__init__(
+            f"cannot serve metrics on {address}: {why.lower()}; is another agent or exporter "
+            "listening there? Choose another with --metrics-address HOST:PORT",
+            "metrics-address",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.node_name:
         raise InputError("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")
@@ -288,8 +335,14 @@ def run(args: argparse.Namespace) -> int:
         evict_client=evict_client,
     )
     host, port = _address(args.metrics_address)
-    server = serve(metrics, host=host, port=port, readiness=agent.ready)
-    log.info("metrics on %s:%d", host, server.port)
+    try:
+        server = serve(metrics, host=host, port=port, readiness=agent.ready)
+    except OSError as exc:
+        # e.g. a second agent, or another exporter on the host network: one clear line
+        # and a non-zero exit (kubelet shows it as the container's last words)
+        client.close()
+        evict_client.close()
+        raise MetricsAddressError(args.metrics_address, exc) from None
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d", signum)

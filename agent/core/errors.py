@@ -51,7 +51,7 @@ class PolicyError(AgentError):
 
 class StoreError(AgentError):
     """Trust cannot be placed. kinds: unsupported-os, conflict, symlink, unavailable,
-    io."""
+    io, not-a-ca (the OS store would drop the anchor)."""
 
     exit_code = 6
 

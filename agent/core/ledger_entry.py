@@ -6,10 +6,42 @@ A value, parsed strictly: a ledger we cannot fully understand must never drive d
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 STATES = ("installing", "installed", "removing")
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    """A file we did not write but changed (policy hostsToml: append): both versions, so
+    `remove` restores the original byte for byte, and only over our own edit."""
+
+    path: str
+    original: bytes
+    edited: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "path": self.path,
+            "original": base64.b64encode(self.original).decode("ascii"),
+            "edited": base64.b64encode(self.edited).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> FileEdit:
+        if not isinstance(data, dict) or set(data) != {"path", "original", "edited"}:
+            raise ValueError("an edit must be {path, original, edited}")
+        if not all(isinstance(v, str) for v in data.values()):
+            raise ValueError("an edit holds something other than strings")
+        try:
+            original = base64.b64decode(data["original"], validate=True)
+            edited = base64.b64decode(data["edited"], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"an edit is not base64: {exc}") from exc
+        return cls(data["path"], original, edited)
 
 
 @dataclass(frozen=True)
@@ -28,20 +60,27 @@ class LedgerEntry:
     installed_at: str
     restarted: tuple[str, ...]
     source: str  # "fetched" | "ca-file" | "policy"
+    edits: tuple[FileEdit, ...] = ()  # files of others we changed (hostsToml: append)
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
             raise ValueError(f"ledger state {self.state!r} is not one of {', '.join(STATES)}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["edits"]
+        if self.edits:  # written only when used: ledgers without edits keep their shape
+            data["edits"] = [e.to_json() for e in self.edits]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> LedgerEntry:
         """Strictly typed: a ledger we cannot fully understand must not drive deletions."""
         if not isinstance(data, dict):
             raise ValueError("entry is not an object")
-        expected = {f.name for f in fields(cls)}
+        expected = {f.name for f in fields(cls)} - {"edits"}
+        edits = tuple(FileEdit.from_json(e) for e in _list(data.get("edits", []), "edits"))
+        data = {k: v for k, v in data.items() if k != "edits"}
         if set(data) != expected:
             missing, extra = expected - set(data), set(data) - expected
             raise ValueError(f"fields missing {sorted(missing)} / unknown {sorted(extra)}")
@@ -56,7 +95,7 @@ class LedgerEntry:
                 values[name] = value
             else:
                 raise ValueError(f"{name} is not a string")
-        return cls(**values)
+        return cls(**values, edits=edits)
 
 
 def _list(value: Any, name: str) -> list[Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from agent.core.errors import LedgerError
 from agent.core.hostport import HostPort
-from agent.core.ledger_entry import LedgerEntry
+from agent.core.ledger_entry import FileEdit, LedgerEntry
 from agent.core.placement import FILE_PREFIX, Placement
 
 
@@ -139,11 +139,18 @@ def _missing_dirs(path: str, existing: frozenset[str]) -> list[str]:
     return list(reversed(missing))
 
 
-def is_current(entry: LedgerEntry | None, placements: Sequence[Placement], disk: DiskState) -> bool:
+def is_current(
+    entry: LedgerEntry | None,
+    placements: Sequence[Placement],
+    disk: DiskState,
+    edits: Sequence[FileEdit] = (),
+) -> bool:
     """True when the ledger says installed and every file holds exactly the intended bytes."""
     if entry is None or entry.state != "installed":
         return False
-    if set(entry.files) != {p.file for p in placements}:
+    if set(entry.files) != {p.file for p in placements} or entry.edits != tuple(edits):
+        return False
+    if any(disk.files.get(e.path) != e.edited for e in edits):
         return False
     return all(disk.files.get(p.file) == p.content for p in placements)
 
@@ -156,6 +163,7 @@ def plan_install(
     previous: LedgerEntry | None,
     restart_runtimes: Sequence[str],
     verify: Verify | None,
+    edits: Sequence[FileEdit] = (),
 ) -> tuple[Action, ...]:
     """Actions that take the node from `disk` (+ `previous` ledger entry) to `entry`.
 
@@ -163,7 +171,7 @@ def plan_install(
     "installing" with the union of old and new paths, so an interrupted run can undo all.
     Files of a previous install that the new one does not use (scope changed) go away.
     """
-    if is_current(previous, placements, disk):
+    if is_current(previous, placements, disk, edits):
         return ()
     if previous is not None:
         check_ours(previous)
@@ -177,17 +185,24 @@ def plan_install(
             created.append(d)
             seen_dirs.add(d)
     dirs = tuple(dict.fromkeys((*old_dirs, *created)))
+    new_edit_paths = {e.path for e in edits}
+    stale_edits = [e for e in (previous.edits if previous else ()) if e.path not in new_edit_paths]
     intent = replace(
         entry,
         state="installing",
         files=tuple(dict.fromkeys((*old_files, *new_files))),
         dirs=dirs,
+        edits=(*edits, *stale_edits),  # every original an interrupted run may need back
     )
     actions: list[Action] = [RecordLedger(intent)]
     actions += [MakeDir(d) for d in created]
     for p in placements:
         if disk.files.get(p.file) != p.content:
             actions.append(WriteFile(p.file, p.content))
+    # our CA file first, then the hosts.toml line naming it: containerd never sees a name
+    # of a file that is not there yet
+    actions += [WriteFile(e.path, e.edited) for e in edits if disk.files.get(e.path) != e.edited]
+    actions += [WriteFile(e.path, e.original) for e in stale_edits]
     stale = [f for f in old_files if f not in new_files]
     actions += [RemoveFile(f) for f in stale]
     stale_dirs = [d for d in old_dirs if d not in created and not _holds_any(d, new_files)]
@@ -199,7 +214,12 @@ def plan_install(
     if verify is not None:
         actions.append(verify)
     actions += [Restart(r) for r in restart_runtimes]
-    final = replace(entry, state="installed", dirs=tuple(d for d in dirs if d not in stale_dirs))
+    final = replace(
+        entry,
+        state="installed",
+        dirs=tuple(d for d in dirs if d not in stale_dirs),
+        edits=tuple(edits),
+    )
     actions.append(RecordLedger(final))
     return tuple(actions)
 
@@ -213,6 +233,7 @@ def check_ours(entry: LedgerEntry) -> None:
     bad = [f for f in entry.files if not _our_file(f)]
     files = [f for f in entry.files if _our_file(f)]
     bad += [d for d in entry.dirs if not _holds_any(d, files) or ".." in d.split("/")]
+    bad += [e.path for e in entry.edits if not _our_edit(e.path, files)]
     if bad:
         raise LedgerError(
             f"ledger entry {entry.endpoint} names paths ca-trust-agent never writes: "
@@ -231,10 +252,22 @@ def _our_file(path: str) -> bool:
     )
 
 
+def _our_edit(path: str, files: Sequence[str]) -> bool:
+    """We only ever edit a containerd hosts.toml beside a CA file of ours."""
+    return (
+        path.startswith("/")
+        and ".." not in path.split("/")
+        and posixpath.basename(path) == "hosts.toml"
+        and _holds_any(posixpath.dirname(path), files)
+    )
+
+
 def plan_remove(entry: LedgerEntry, *, restart_runtimes: Sequence[str]) -> tuple[Action, ...]:
-    """Undo exactly what the ledger entry names, then forget it."""
+    """Undo exactly what the ledger entry names, then forget it. Edited files get their
+    original bytes back first, before the CA file they name goes away."""
     check_ours(entry)
     actions: list[Action] = [RecordLedger(replace(entry, state="removing"))]
+    actions += [WriteFile(e.path, e.original) for e in entry.edits]
     actions += [RemoveFile(f) for f in entry.files]
     actions += [RemoveDir(d) for d in sorted(entry.dirs, key=len, reverse=True)]
     actions += [Refresh(tuple(r)) for r in _unique_refreshes([tuple(r) for r in entry.refresh])]

@@ -9,12 +9,16 @@ from typing import TYPE_CHECKING
 from agent.core import plan as p
 from agent.core.errors import InputError, RuntimeRestartError
 from agent.core.hostport import HostPort
+from agent.core.pull_verdict import PullVerdict
 
 if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the idle daemon
     from agent.core.trust import Analysis, CertInfo
 
 SCOPES = ("auto", "registry", "system")
 RESTARTS = ("auto", "never")
+# auto: the runtime judges when an image is known and it answers, else a TLS handshake
+VERIFY_MODES = ("auto", "runtime", "tls")
+HOSTS_TOML_MODES = ("refuse", "append")
 
 @dataclass(frozen=True)
 class InstallRequest:
@@ -30,12 +34,27 @@ class InstallRequest:
     sni: str | None = None
     proxy: str | None = None
     timeout: float = 10.0
+    image: str | None = None  # the image whose pull failed: the runtime pulls it to verify
+    verify: str = "auto"
+    hosts_toml: str = "refuse"  # a foreign containerd hosts.toml: refuse, or append our CA
+    # rotation without a gap: the previous anchor's PEM, written beside the new one in the
+    # same file until the new one is verified (agent.cluster.firsttrust then drops it)
+    overlap: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise InputError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
         if self.restart not in RESTARTS:
             raise InputError(f"restart must be auto or never, not {self.restart!r}")
+        if self.verify not in VERIFY_MODES:
+            modes = ", ".join(VERIFY_MODES)
+            raise InputError(f"verify must be one of {modes}, not {self.verify!r}")
+        if self.hosts_toml not in HOSTS_TOML_MODES:
+            raise InputError(f"hosts-toml must be refuse or append, not {self.hosts_toml!r}")
+        if self.verify == "runtime" and not self.image:
+            raise InputError(
+                "verify runtime needs the image to pull (--image REF)", kind="bad-input"
+            )
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,25 @@ class Result:
     restart_error: RuntimeRestartError | None = None
     verified: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # which check proved it: "runtime" (the runtime pulled), "tls" (a handshake trusting
+    # only our file), "none" (declarative caPEM, nothing reachable needed) or "" (no change)
+    verification: str = ""
+    verdict: PullVerdict | None = None  # the runtime's answer, when it was asked
+    scope_reason: str = ""  # why this scope (e.g. why registry scope was not available)
+
+    @property
+    def verified_by(self) -> str:
+        """Which check proved the trust, in words (empty when nothing was checked)."""
+        if self.verification == "runtime" and self.verdict is not None:
+            return f"verified: {self.verdict.describe()}"
+        if self.verification == "tls":
+            text = "verified by a TLS handshake trusting only the new CA"
+            if self.verdict is not None:
+                text += f" (no runtime verdict: {self.verdict.describe()})"
+            return text
+        if self.verification == "none":
+            return "declared by the policy; not checked against the registry"
+        return ""
 
     @property
     def next_step(self) -> str:

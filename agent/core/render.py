@@ -158,6 +158,19 @@ def result_dict(result: Result) -> dict[str, Any]:
             else None
         ),
         "verified": result.verified,
+        "verification": result.verification,
+        "verdict": (
+            {
+                "kind": result.verdict.kind,
+                "runtime": result.verdict.runtime,
+                "image": result.verdict.image,
+                "detail": result.verdict.detail,
+                "seconds": round(result.verdict.seconds, 3),
+            }
+            if result.verdict
+            else None
+        ),
+        "scope_reason": result.scope_reason or None,
         "next": result.next_step,
         "timings_ms": {k: round(v * 1000, 1) for k, v in sorted(result.timings.items())},
     }
@@ -186,6 +199,10 @@ def result_text(result: Result) -> str:
     if result.actions:
         lines.append("Plan:" if result.status == "dry-run" else "Steps:")
         lines += [f"  {i + 1}. {describe(a)}" for i, a in enumerate(result.actions)]
+    if result.scope_reason:
+        lines.append(f"Scope: {result.scope} because {result.scope_reason}")
+    if result.verified_by:
+        lines.append(f"Check: {result.verified_by}")
     if result.status in ("installed", "dry-run", "removed", "unchanged"):
         lines.append(f"Next: {result.next_step}")
     return "\n".join(lines) + "\n"

@@ -59,6 +59,8 @@ def test_the_agent_turns_a_real_cri_x509_failure_into_a_working_pull_and_back(
 
         trusted = wait_until(lambda: events(cluster, "CATrusted"), timeout=20)
         assert "registry scope" in str(trusted[0]["message"])
+        # the runtime that failed pulled the pod's image through its CRI before CATrusted
+        assert f"verified: containerd pulled {lab_registry.image}" in str(trusted[0]["message"])
         pid = node_containerd.pid
         pulled = cri_pull(node_containerd, lab_registry.image)
         assert pulled.ok, pulled.error

@@ -65,3 +65,26 @@ def test_registry_scope_fixes_docker_pull_without_restart_and_remove_undoes_it(
     assert not ok
     assert X509_UNKNOWN in output
     assert lab_dockerd.pid == pid
+
+
+def test_dockerd_judges_the_install_through_its_engine_api(
+    lab_dockerd: Dockerd, netns_registry: LabRegistry
+) -> None:
+    """The verification client the agent uses for docker nodes, against the real daemon:
+    the same x509 refusal as `docker pull` before, a pull after, nothing in between."""
+    from agent.node import dockerapi
+
+    registry = netns_registry
+    socket = str(lab_dockerd.layout.socket)
+    before = dockerapi.pull(socket, registry.image, timeout=30)
+    assert before.kind == "untrusted", before.describe()
+    assert X509_UNKNOWN in before.detail
+
+    result = agent_cli("install", registry.target, "--scope", "registry", "--runtime", "docker")
+    assert result.returncode == 0, result.explain()
+    try:
+        after = dockerapi.pull(socket, registry.image, timeout=30)
+        assert after.kind == "pulled", after.describe()
+        lab_dockerd.remove_image(registry.image)
+    finally:
+        agent_cli("remove", registry.target, "--runtime", "docker")

@@ -47,8 +47,9 @@ from agent.node.engine import Engine, InstallRequest
 from agent.node.host import CommandResult, HostFS
 from agent.node.ledger import Ledger
 from agent.node.runtimes import RuntimeManager, containerd_socket, detect_runtimes
+from agent.node.runtimes.containerd import load_containerd_config
 from agent.node.stores import file_name, safe
-from agent.node.stores.registry import load_containerd_config, registry_store
+from agent.node.stores.registry import registry_store
 from agent.node.stores.system import LAYOUTS, parse_os_release, system_store
 from lab import pki
 

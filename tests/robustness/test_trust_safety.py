@@ -437,9 +437,14 @@ def test_a_ca_removed_from_the_policy_disappears_from_the_node(world: World) -> 
 
 
 class RecordingRunner:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
         from agent.node.host import CommandResult
+        from lab.doubles import rebuild_debian_bundle
 
+        rebuild_debian_bundle(self.root)  # the engine reads the bundle back
         return CommandResult(tuple(argv), 0, "", "", 0.0, False)
 
 
@@ -447,7 +452,7 @@ def system_engine(root: Path) -> Engine:
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc/os-release").write_text("ID=debian\n")
     (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
-    return Engine(HostFS(str(root)), RecordingRunner(), runtimes=("containerd",))
+    return Engine(HostFS(str(root)), RecordingRunner(root), runtimes=("containerd",))
 
 
 def test_an_endpoint_whose_file_name_collides_never_replaces_another_endpoints_ca(

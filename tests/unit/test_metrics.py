@@ -77,13 +77,44 @@ def test_scrape_exports_every_agent_metric_with_the_prefix(
     assert got[("ca_trust_agent_events_dropped_total", ())] == 1
 
 
-def test_every_exported_family_carries_the_agent_prefix(
+# what prometheus-client's standard collectors export, and nothing else without our prefix
+STANDARD_PREFIXES = ("process_", "python_info", "python_gc_")
+
+
+def test_every_exported_family_is_ours_or_a_standard_one(
     metrics: Metrics, server: MetricsServer
 ) -> None:
     _, _, body = get(server, "/metrics")
     names = {f.name for f in text_string_to_metric_families(body)}
     assert names, "the registry exported nothing"
-    assert all(name.startswith("ca_trust_agent_") for name in names), names
+    assert all(n.startswith(("ca_trust_agent_", *STANDARD_PREFIXES)) for n in names), names
+
+
+def test_the_standard_process_and_platform_metrics_describe_this_process(
+    metrics: Metrics, server: MetricsServer
+) -> None:
+    """What the usual dashboards (and the agent's footprint target) read off a pod."""
+    _, _, body = get(server, "/metrics")
+    got = samples(body)
+    rss = got[("process_resident_memory_bytes", ())]
+    with open("/proc/self/status") as status:  # the same number, from the kernel
+        vm_rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+    assert 0.5 * vm_rss < rss < 2 * vm_rss
+    assert got[("process_cpu_seconds_total", ())] > 0
+    started = got[("process_start_time_seconds", ())]
+    assert started <= datetime.now(UTC).timestamp()
+    info = [labels for (name, labels) in got if name == "python_info"]
+    assert dict(info[0])["major"] == "3" and dict(info[0])["implementation"] == "CPython"
+    assert ("python_gc_collections_total", (("generation", "0"),)) in got
+
+
+def test_a_port_in_use_is_an_os_error_the_daemon_turns_into_one_line(metrics: Metrics) -> None:
+    taken = serve(metrics, port=0, host="127.0.0.1")
+    try:
+        with pytest.raises(OSError, match="in use"):
+            serve(Metrics(), port=taken.port, host="127.0.0.1")
+    finally:
+        taken.stop()
 
 
 def test_collectors_live_in_a_private_registry_not_the_global_one() -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cluster.controller.interfaces import (
     Cluster,
@@ -31,8 +31,11 @@ from agent.cluster.controller.remediate import Remediation
 from agent.cluster.controller.watch import Watch
 from agent.core.detect import PullFailure
 from agent.core.flights import Flights
-from agent.core.policy import DEFAULT_POLICY, Policy
+from agent.core.policy import DEFAULT_POLICY, Policy, Resolved
 from agent.node.engine import Engine
+
+if TYPE_CHECKING:
+    from agent.cluster.firsttrust import FirstTrust
 
 # the name the controller has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.controller")
@@ -46,6 +49,7 @@ class Controller:
     cluster: Cluster
     metrics: Metrics | None = None
     recycler: PodRecycler | None = None
+    first_trust: FirstTrust | None = None  # safe first trust; None: a fetch decides alone
     flights: Flights = field(default_factory=lambda: Flights(clock=time.monotonic))
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -53,6 +57,8 @@ class Controller:
     runtime: str | None = None
     policy: Policy = DEFAULT_POLICY
     policy_loaded: bool = False  # a policy came from the ConfigMap: removals are allowed
+    # caFrom sources as the cluster side last found them (agent.cluster.casources)
+    ca_sources: Resolved = field(default_factory=dict)
     _queue: queue.Queue[Work] = field(default_factory=queue.Queue)
     _lookups: dict[str, float] = field(default_factory=dict)
     _failing: dict[str, tuple[PodRef, list[PullFailure]]] = field(default_factory=dict)
@@ -77,6 +83,12 @@ class Controller:
     def on_policy(self, obj: Mapping[str, Any] | None) -> None:
         """A ConfigMap event. Deleted or broken: keep the last good policy and say so."""
         self._watch.on_policy(obj)
+
+    def on_ca_sources(self, resolved: Resolved) -> None:
+        """The caFrom sources changed (a bundle rotated, appeared or went): re-sync."""
+        with self._lock:
+            self.ca_sources = dict(resolved)
+        self._queue.put(Work("sync"))
 
     def on_pod(self, obj: Mapping[str, Any]) -> None:
         self._watch.on_pod(obj)

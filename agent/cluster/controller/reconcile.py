@@ -1,9 +1,9 @@
 """The controller's declarative side: policy sync and the periodic reconcile.
 
-Runs on the worker only. `sync_policy` applies the caPEM entries policy.yaml declares and
-removes the CAs it no longer allows; `reconcile` also repairs ledger entries whose files or
-runtime restart went missing and warns about anchors close to expiry. Both end by publishing
-the trusted registries on the Node annotation and in the metrics."""
+Runs on the worker only. `sync_policy` applies the caPEM and caFrom entries policy.yaml
+declares and removes the CAs it no longer allows; `reconcile` also repairs ledger entries
+whose files or runtime restart went missing and warns about anchors close to expiry. Both
+end by publishing the trusted registries on the Node annotation and in the metrics."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from agent.cluster import oplog
 from agent.cluster.controller.interfaces import NORMAL, WARNING
 from agent.core.errors import AgentError
 from agent.core.hostport import parse_hostport
 from agent.core.ledger_entry import LedgerEntry
-from agent.core.policy import Policy
+from agent.core.policy import Policy, Resolved
 from agent.node.engine import InstallRequest
 
 if TYPE_CHECKING:
@@ -40,13 +41,16 @@ class PolicySync:
         c = self._c
         with c._lock:
             opted_in, policy, loaded = c.opted_in, c.policy, c.policy_loaded
+            sources = c.ca_sources
         if not opted_in:
             return
         try:
             c.engine.recover()
         except AgentError as exc:
             log.warning("ledger recovery failed: %s", exc)
-        for endpoint, pem, pins in policy.declared():
+        # caFrom sources count once the cluster side has listed them; a changed bundle
+        # installs over the old anchor (a rotation), a vanished one is removed below.
+        for endpoint, pem, pins in policy.declared(sources):
             req = InstallRequest(
                 endpoint=endpoint,
                 scope=policy.scope,
@@ -56,16 +60,20 @@ class PolicySync:
                 source="policy",
                 dry_run=policy.dry_run,
                 allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+                hosts_toml=policy.hosts_toml,
             )
             c._remediation.install(req, None, endpoint.key)
         if loaded:
-            self._remove_delisted(policy)
+            self._remove_delisted(policy, sources)
         self.publish()
 
-    def _remove_delisted(self, policy: Policy) -> None:
+    def _remove_delisted(self, policy: Policy, sources: Resolved) -> None:
         c = self._c
-        declared = {hp.key: pem for hp, pem, _ in policy.declared()}
+        declared = {hp.key: pem for hp, pem, _ in policy.declared(sources)}
+        pending = policy.pending(sources)
         for key, entry in sorted(self.entries().items()):
+            if entry.endpoint in pending:
+                continue  # its source is still being listed: not known to be gone
             reason = _delisted_reason(entry, policy, declared)
             if reason is None:
                 continue
@@ -84,6 +92,8 @@ class PolicySync:
                     allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
                 )
             except AgentError as exc:
+                oplog.removed(c.node_name, key, entry.registry, entry.sha256,
+                              entry.anchor_subject, entry.scope, reason, error=str(exc))
                 c.recorder.node(
                     c.node_name,
                     WARNING,
@@ -91,6 +101,8 @@ class PolicySync:
                     f"Could not remove the CA for {key}: {exc}",
                 )
                 continue
+            oplog.removed(c.node_name, key, entry.registry, entry.sha256,
+                          entry.anchor_subject, entry.scope, reason)
             c.recorder.node(
                 c.node_name,
                 NORMAL,
@@ -134,8 +146,8 @@ class PolicySync:
         c = self._c
         log.warning("re-applying %s (state on disk or runtime differs from the ledger)", key)
         with c._lock:
-            policy = c.policy
-        declared = {hp.key: pem for hp, pem, _ in policy.declared()}
+            policy, sources = c.policy, c.ca_sources
+        declared = {hp.key: pem for hp, pem, _ in policy.declared(sources)}
         pem = declared.get(key) if entry.source == "policy" else None
         req = InstallRequest(
             endpoint=parse_hostport(key),
@@ -146,6 +158,7 @@ class PolicySync:
             source="policy" if pem is not None else "fetched",
             pins=(entry.sha256,) if pem is None else (),
             allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
+            hosts_toml=policy.hosts_toml,
         )
         c._remediation.install(req, None, key)
 
@@ -181,6 +194,9 @@ def _delisted_reason(
     except AgentError:
         return "its ledger key is not a valid host:port"
     if entry.source == "policy" and entry.endpoint not in declared:
+        rule = policy.rule_for(endpoint)
+        if rule is not None and rule.ca_from is not None:
+            return f"its CA source ({rule.ca_from.describe()}) is gone or holds no certificate"
         return "its caPEM entry was removed from policy.yaml"
     if not policy.decide(endpoint).allowed:
         return f"{endpoint.key} is no longer allowed by policy.yaml"

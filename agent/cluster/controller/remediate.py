@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from agent.cluster import oplog
 from agent.cluster.controller.interfaces import NORMAL, WARNING, PodRef, Work
 from agent.core import gate as g
 from agent.core.detect import PullFailure
@@ -48,6 +49,7 @@ class Remediation:
             if verdict.action == g.REMEDIATE and verdict.endpoint is not None:
                 self._recycle_late(pod, failure, verdict.endpoint.key, policy)
             return
+        self._log_decision(pod, failure, verdict, policy.scope)
         if verdict.action in (g.DENY, g.REPORT):
             assert verdict.event_reason is not None
             self._both(pod, WARNING, verdict.event_reason, verdict.message)
@@ -66,9 +68,27 @@ class Remediation:
             restart=policy.restart,
             pins=verdict.pins,
             dry_run=policy.dry_run,
+            image=failure.image,
+            hosts_toml=policy.hosts_toml,
             allow_docker_restart_without_live_restore=policy.allow_docker_restart_without_live_restore,
         )
+        if c.first_trust is not None:
+            # safe first trust: the cluster's record decides (agent.cluster.firsttrust)
+            c.first_trust.remediate(self, req, pod, failure, key)
+            return
         self.install(req, pod, key)
+
+    def _log_decision(
+        self, pod: PodRef, failure: PullFailure, verdict: g.Verdict, scope: str
+    ) -> None:
+        """The operator's log: what was seen, and what the policy made of it."""
+        node = self._c.node_name
+        endpoint = (verdict.endpoint or failure.failing)
+        registry = (verdict.registry or failure.registry or endpoint)
+        ep, reg = (endpoint.key if endpoint else "", registry.key if registry else "")
+        oplog.detected(node, pod.namespace, pod.name, failure.image or "", ep, reg)
+        oplog.decided(node, pod.namespace, pod.name, ep, reg, action=verdict.action,
+                      scope=scope, message=verdict.message)
 
     def install(self, req: InstallRequest, pod: PodRef | None, key: str) -> Result | None:
         c = self._c
@@ -77,6 +97,8 @@ class Remediation:
             result = c.engine.install(req)
         except AgentError as exc:
             delay = c.flights.failed(key)
+            oplog.failed(c.node_name, req.endpoint.key, (req.registry or req.endpoint).key,
+                         exc.kind, str(exc), time.perf_counter() - t0, _pod_key(pod))
             msg = (
                 f"Could not trust {req.endpoint.key} ({exc.kind}): {exc}. "
                 f"Nothing was changed; next attempt in {delay:.0f}s at the earliest"
@@ -93,6 +115,7 @@ class Remediation:
             c._later(delay, Work("repair", key=req.endpoint.key))
         else:
             c.flights.succeeded(key)
+        oplog.outcome(c.node_name, result, time.perf_counter() - t0, _pod_key(pod), req.source)
         self._report_result(result, pod)
         self._recycle(result)
         if c.metrics:
@@ -114,14 +137,15 @@ class Remediation:
                 f"plan: {len(result.actions)} steps; nothing was changed",
             )
             return
-        if result.status == "unchanged":
-            log.info("%s already trusted", result.endpoint.key)
+        if result.status == "unchanged":  # logged by oplog.outcome; no Event
             return
         self._report(
             pod,
             NORMAL,
             "CATrusted",
-            f"Trusted {what} for {result.endpoint.key} in {where}; {result.next_step}",
+            f"Trusted {what} for {result.endpoint.key} in {where}; {result.next_step}"
+            + (f"; {result.verified_by}" if result.verified_by else "")
+            + (f" (scope: {result.scope_reason})" if result.scope_reason else ""),
         )
         for rt in result.restarted:
             c.recorder.node(
@@ -199,6 +223,10 @@ class Remediation:
         c = self._c
         c.recorder.node(c.node_name, type_, reason, message)
         c.recorder.pod(pod.namespace, pod.name, pod.uid, type_, reason, message)
+
+
+def _pod_key(pod: PodRef | None) -> tuple[str, str] | None:
+    return (pod.namespace, pod.name) if pod is not None else None
 
 
 def _metric_result(result: Result) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agent.cluster.controller.interfaces import WARNING, PodRef, Work
 from agent.core.detect import PodPullFailure, pull_failure_from_event, pull_failures_from_pod
 from agent.core.errors import PolicyError
+from agent.core.firsttrust import approvals, with_approvals
 from agent.core.policy import parse_policy
 from agent.core.recycle import controller_owner
 
@@ -74,6 +75,8 @@ class Watch:
         except PolicyError as exc:
             self._policy_problem(f"policy.yaml is invalid, keeping the last good policy: {exc}")
             return
+        # operator approvals (`approve.*` keys beside policy.yaml) become pins
+        policy = with_approvals(policy, approvals(obj.get("data") or {}))
         with c._lock:
             changed = policy != c.policy or not c.policy_loaded
             c.policy = policy

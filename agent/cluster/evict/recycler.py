@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from agent.cluster import oplog
 from agent.cluster.evict.eviction import EVICTED, GONE, REFUSED, RETRY, Eviction
 from agent.cluster.evict.passes import Pass, Task, final_summary, summary
 from agent.core.recycle import (
@@ -156,6 +157,15 @@ class Recycler:
                 else:
                     action = "evict"
                     self._schedule(run, pod, now)
+                    # a pass already summarised (it had nothing to evict when the first
+                    # pod was reported) says it again once this pod's attempt is made
+                    run.summarized = False
+            if action == "bare":
+                run.left += 1
+            elif action == "over-cap":
+                run.over_cap += 1
+            elif action == "cooling":
+                run.cooling += 1
         if action == "bare":
             self._tell_bare(pod, endpoint)
         if action != "evict":
@@ -231,6 +241,8 @@ class Recycler:
                 f"registry {run.endpoint} is trusted now; evicted so its controller "
                 f"({owner.kind} {owner.name}) recreates it and pulls at once",
             )
+            oplog.recycled(self.node_name, pod.namespace, pod.name, run.endpoint,
+                           f"{owner.kind} {owner.name}")
             self._done(task, EVICTED)
         elif result.outcome == GONE:
             self._done(task, GONE)
@@ -311,6 +323,8 @@ class Recycler:
             run.summarized = True
             message = summary(run, self.limits)
             failed = bool(run.failed)
+            evicted = run.tally[EVICTED]
+        oplog.recycle_summary(self.node_name, run.endpoint, message, evicted)
         self.recorder.node(self.node_name, WARNING if failed else NORMAL, REASON, message)
 
     def _final_summary(self, run: Pass) -> None:

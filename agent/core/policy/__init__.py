@@ -31,6 +31,7 @@ of policy.yaml (`schema` for the document, `registries` for its `registries` ent
 """
 
 from agent.core.policy.model import (
+    APPROVALS,
     DEFAULT_POLICY,
     MAX_CA_PEM_BYTES,
     MAX_PINS,
@@ -39,13 +40,16 @@ from agent.core.policy.model import (
     MAX_REPORTED_ERRORS,
     RESTARTS,
     SCOPES,
+    CASource,
     Decision,
     Policy,
     RegistryRule,
+    Resolved,
 )
 from agent.core.policy.schema import parse_policy
 
 __all__ = [
+    "APPROVALS",
     "DEFAULT_POLICY",
     "MAX_CA_PEM_BYTES",
     "MAX_PINS",
@@ -54,8 +58,10 @@ __all__ = [
     "MAX_REPORTED_ERRORS",
     "RESTARTS",
     "SCOPES",
+    "CASource",
     "Decision",
     "Policy",
     "RegistryRule",
+    "Resolved",
     "parse_policy",
 ]

@@ -7,6 +7,7 @@ Which rule decides when several match is explained in the package docstring.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,51 @@ MAX_REPORTED_ERRORS = 20
 
 SCOPES = ("registry", "system", "auto")
 RESTARTS = ("auto", "never")
+# safe first trust (agent.core.firsttrust): "required" = an operator approves every anchor
+APPROVALS = ("none", "required")
+HOSTS_TOML_MODES = ("refuse", "append")
+MAX_CONFIRMATIONS = 1000
+
+
+@dataclass(frozen=True)
+class CASource:
+    """Where a registry's CA is read from in the cluster (`registries[].caFrom`).
+
+    kind "configMap": key `key` of ConfigMap `name` in the agent's namespace (what
+    trust-manager writes). kind "clusterTrustBundle": the ClusterTrustBundle `name`, or every
+    bundle whose labels include `labels` (and whose signer is `signer_name` when given).
+    """
+
+    kind: str  # "configMap" | "clusterTrustBundle"
+    name: str = ""
+    key: str = ""
+    signer_name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # matchLabels, sorted
+
+    def describe(self) -> str:
+        if self.kind == "configMap":
+            return f"ConfigMap {self.name} key {self.key}"
+        if self.name:
+            return f"ClusterTrustBundle {self.name}"
+        chosen = ",".join(f"{k}={v}" for k, v in self.labels)
+        signer = f" signer {self.signer_name}" if self.signer_name else ""
+        return f"ClusterTrustBundles labelled {chosen}{signer}"
+
+    def selects(self, obj: Mapping[str, Any]) -> bool:
+        """Does this ClusterTrustBundle object belong to the source?"""
+        meta = obj.get("metadata") or {}
+        if self.name:
+            return bool(meta.get("name") == self.name)
+        if self.signer_name and (obj.get("spec") or {}).get("signerName") != self.signer_name:
+            return False
+        labels = meta.get("labels") or {}
+        return all(labels.get(k) == v for k, v in self.labels)
+
+
+# What the cluster side found for each source: the PEM text, or None when the source is
+# known to be absent (listed, and no such object or key). A source missing from the
+# mapping is not known yet (its first list has not arrived): nothing is removed for it.
+Resolved = Mapping[CASource, str | None]
 
 
 @dataclass(frozen=True)
@@ -32,6 +78,9 @@ class RegistryRule:
     pins: tuple[str, ...] = ()  # "sha256:" + 64 upper-case hex digits, sorted, unique
     ca_pem: bytes | None = None  # declarative anchors: deterministic PEM bundle
     index: int = 0  # position in policy.yaml `registries`, for messages
+    ca_from: CASource | None = None  # declarative anchors read from the cluster
+    confirmations: int | None = None  # None: the policy's global value
+    approval: str | None = None  # None: the policy's global value
 
     @property
     def is_glob(self) -> bool:
@@ -83,6 +132,13 @@ class Policy:
     allow_docker_restart_without_live_restore: bool = False
     dry_run: bool = False
     recycle_pods: bool = False  # reserved: recreate pods stuck in back-off after a fix
+    # safe first trust for fetched anchors: distinct nodes that must see the same anchor,
+    # and whether an operator must approve it first (agent.core.firsttrust)
+    confirmations: int = 1
+    approval: str = "none"
+    # a containerd certs.d/<registry>/hosts.toml someone else manages: "refuse" (report the
+    # conflict, write nothing) or "append" (add our CA to its `ca`; remove restores it)
+    hosts_toml: str = "refuse"
     registries: tuple[RegistryRule, ...] = field(default=())
 
     def rule_for(self, endpoint: HostPort) -> RegistryRule | None:
@@ -119,16 +175,39 @@ class Policy:
             reason += f" ({rule.source} {rule.host!r} allows port {rule.port} only)"
         return reason
 
-    def declared(self) -> tuple[tuple[HostPort, bytes, tuple[str, ...]], ...]:
-        """Registries with `caPEM`: trusted on every opted-in node without a fetch.
+    def declared(
+        self, resolved: Resolved | None = None
+    ) -> tuple[tuple[HostPort, bytes, tuple[str, ...]], ...]:
+        """Registries with `caPEM`, or a `caFrom` source found in `resolved`: trusted on
+        every opted-in node without a fetch.
 
-        A caPEM rule without a port declares the CA for port 443 (the endpoint whose
-        certs.d directory is the bare host name).
+        A declared rule without a port declares the CA for port 443 (the endpoint whose
+        certs.d directory is the bare host name). A source's bundle is narrowed to the
+        pinned certificates when pins are given (a trust-manager bundle may hold several);
+        a source whose PEM holds no usable certificate declares nothing.
         """
-        return tuple(
-            (HostPort(rule.pattern, rule.port or DEFAULT_PORT), rule.ca_pem, rule.pins)
-            for rule in self.registries
-            if rule.ca_pem is not None
+        out = []
+        for rule in self.registries:
+            endpoint = HostPort(rule.pattern, rule.port or DEFAULT_PORT)
+            if rule.ca_pem is not None:
+                out.append((endpoint, rule.ca_pem, rule.pins))
+            elif rule.ca_from is not None and resolved:
+                pem = resolved.get(rule.ca_from)
+                bundle = _source_bundle(pem, rule.pins) if pem else None
+                if bundle:
+                    out.append((endpoint, bundle, rule.pins))
+        return tuple(out)
+
+    def sources(self) -> tuple[CASource, ...]:
+        """Every `caFrom` source, once each, in policy order."""
+        return tuple(dict.fromkeys(r.ca_from for r in self.registries if r.ca_from))
+
+    def pending(self, resolved: Resolved) -> frozenset[str]:
+        """Endpoint keys whose `caFrom` source is not known yet: never removed meanwhile."""
+        return frozenset(
+            HostPort(r.pattern, r.port or DEFAULT_PORT).key
+            for r in self.registries
+            if r.ca_from is not None and r.ca_from not in resolved
         )
 
     def summary(self) -> dict[str, Any]:
@@ -140,6 +219,9 @@ class Policy:
             "allowDockerRestartWithoutLiveRestore": self.allow_docker_restart_without_live_restore,
             "dryRun": self.dry_run,
             "recyclePods": self.recycle_pods,
+            "confirmations": self.confirmations,
+            "approval": self.approval,
+            "hostsToml": self.hosts_toml,
             "registries": [_rule_summary(rule) for rule in self.registries],
         }
 
@@ -151,6 +233,27 @@ def _rule_summary(rule: RegistryRule) -> dict[str, Any]:
     summary: dict[str, Any] = {"host": rule.host}
     if rule.pins:
         summary["pins"] = list(rule.pins)
+    if rule.confirmations is not None:
+        summary["confirmations"] = rule.confirmations
+    if rule.approval is not None:
+        summary["approval"] = rule.approval
+    if rule.ca_from is not None:
+        summary["caFrom"] = rule.ca_from.describe()
     if rule.ca_pem is not None:
         summary["caPEM"] = f"{rule.ca_pem.count(b'-----BEGIN CERTIFICATE-----')} certificate(s)"
     return summary
+
+
+def _source_bundle(pem: str, pins: tuple[str, ...]) -> bytes | None:
+    """The deterministic bundle of a source's certificates (only the pinned ones when pins
+    are given); None when it holds none. Loads the X.509 stack: only called for a source
+    that has content."""
+    from agent.core.errors import AgentError
+    from agent.core.trust import parse_pem_bundle, pem_bundle
+
+    try:
+        certs = parse_pem_bundle(pem.encode("utf-8"))
+    except AgentError:
+        return None
+    chosen = [c for c in certs if not pins or c.sha256 in pins]
+    return pem_bundle(chosen) if chosen else None

@@ -1,4 +1,5 @@
-"""Strict reading of policy.yaml `registries` entries: host or glob, pins, caPEM.
+"""Strict reading of policy.yaml `registries` entries: host or glob, pins, caPEM, caFrom
+(read by `sources`).
 
 A caPEM entry loads the X.509 stack (cryptography) lazily, so a daemon whose policy
 declares no CA never loads it.
@@ -12,10 +13,18 @@ from typing import Any
 from agent.core.errors import AgentError, InputError
 from agent.core.hostport import HostPort, parse_hostport
 from agent.core.pins import normalize_pin
-from agent.core.policy.model import MAX_CA_PEM_BYTES, MAX_PINS, MAX_REGISTRIES, RegistryRule
+from agent.core.policy.model import (
+    APPROVALS,
+    MAX_CA_PEM_BYTES,
+    MAX_CONFIRMATIONS,
+    MAX_PINS,
+    MAX_REGISTRIES,
+    RegistryRule,
+)
 from agent.core.policy.problems import _Errors, _shown, _unknown_keys
+from agent.core.policy.sources import ca_from as _ca_from_source
 
-_RULE_KEYS = ("host", "pins", "caPEM")
+_RULE_KEYS = ("host", "pins", "caPEM", "caFrom", "confirmations", "approval")
 _GLOB_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_*?")
 
 
@@ -65,17 +74,58 @@ def _rule(
     parsed = _host(entry["host"], f"{path}.host", errors)
     pins = _pins(entry, path, errors)
     ca_pem = _ca_pem(entry, path, pins, errors, pem_cache)
+    source = None
+    if "caFrom" in entry:
+        source = _ca_from_source(entry["caFrom"], f"{path}.caFrom", errors)
+    if "caFrom" in entry and "caPEM" in entry:
+        errors.add(path, "give caPEM or caFrom, not both: one registry, one source of its CA")
+    confirmations = (
+        confirmations_value(entry["confirmations"], f"{path}.confirmations", errors)
+        if "confirmations" in entry
+        else None
+    )
+    approval = (
+        approval_value(entry["approval"], f"{path}.approval", errors)
+        if "approval" in entry
+        else None
+    )
     if parsed is None or len(errors.items) != before:
         return None
     pattern, port = parsed
-    if ca_pem is not None and ("*" in pattern or "?" in pattern):
+    declared = "caPEM" if ca_pem is not None else "caFrom" if source is not None else None
+    if declared and ("*" in pattern or "?" in pattern):
         errors.add(
-            f"{path}.caPEM",
+            f"{path}.{declared}",
             f"needs an exact host, not the glob {entry['host']!r}: a declared CA is written "
             "for one registry",
         )
         return None
-    return RegistryRule(pattern, port, pins, ca_pem, index)
+    return RegistryRule(
+        pattern,
+        port,
+        pins,
+        ca_pem,
+        index,
+        ca_from=source,
+        confirmations=confirmations,
+        approval=approval,
+    )
+
+
+def confirmations_value(value: Any, path: str, errors: _Errors) -> int | None:
+    """`confirmations`: distinct nodes that must fetch the same anchor, from 1 to a bound
+    that keeps the cluster-wide record small."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONFIRMATIONS:
+        return value
+    errors.add(path, f"must be a whole number from 1 to {MAX_CONFIRMATIONS}, not {_shown(value)}")
+    return None
+
+
+def approval_value(value: Any, path: str, errors: _Errors) -> str | None:
+    if isinstance(value, str) and value in APPROVALS:
+        return value
+    errors.add(path, f"must be one of {', '.join(APPROVALS)}, not {_shown(value)}")
+    return None
 
 
 def _host(value: Any, path: str, errors: _Errors) -> tuple[str, int | None] | None:

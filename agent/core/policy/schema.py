@@ -11,14 +11,16 @@ import yaml
 
 from agent.core.errors import PolicyError
 from agent.core.policy.model import (
+    APPROVALS,
     DEFAULT_POLICY,
+    HOSTS_TOML_MODES,
     MAX_POLICY_BYTES,
     RESTARTS,
     SCOPES,
     Policy,
 )
 from agent.core.policy.problems import _Errors, _shown, _unknown_keys
-from agent.core.policy.registries import _registries
+from agent.core.policy.registries import _registries, confirmations_value
 
 _TOP_KEYS = (
     "scope",
@@ -27,6 +29,9 @@ _TOP_KEYS = (
     "allowDockerRestartWithoutLiveRestore",
     "dryRun",
     "recyclePods",
+    "confirmations",
+    "approval",
+    "hostsToml",
     "registries",
 )
 
@@ -110,6 +115,9 @@ def _policy(document: Mapping[Any, Any], errors: _Errors) -> Policy:
         ),
         dry_run=_bool(document, "dryRun", defaults.dry_run, errors),
         recycle_pods=_bool(document, "recyclePods", defaults.recycle_pods, errors),
+        confirmations=_confirmations(document, "confirmations", errors) or 1,
+        approval=_choice(document, "approval", APPROVALS, defaults.approval, errors),
+        hosts_toml=_choice(document, "hostsToml", HOSTS_TOML_MODES, defaults.hosts_toml, errors),
         registries=_registries(document.get("registries"), errors),
     )
 
@@ -144,6 +152,10 @@ def _positive_int(document: Mapping[Any, Any], key: str, default: int, errors: _
         return value
     errors.add(key, f"must be a whole number of at least 1, not {_shown(value)}")
     return default
+
+
+def _confirmations(document: Mapping[Any, Any], key: str, errors: _Errors) -> int | None:
+    return confirmations_value(document[key], key, errors) if key in document else None
 
 
 def _type_name(value: Any) -> str:

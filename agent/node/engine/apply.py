@@ -39,6 +39,7 @@ class Applier(EngineBase):
         restart_error: RuntimeRestartError | None = None
         done: list[p.Action] = []
         intent: LedgerEntry | None = None
+        recorded: LedgerEntry | None = None  # the latest ledger record: what this run is doing
         for planned in actions:
             action = planned
             failpoints.hit(f"apply:before:{type(action).__name__}")
@@ -61,6 +62,8 @@ class Applier(EngineBase):
                 action = p.RecordLedger(replace(action.entry, restarted=merged))
             try:
                 self._run(action, timings)
+                if isinstance(action, p.Refresh) and recorded is not None:
+                    self._check_refreshed(recorded, action.argv)
             except AgentError as exc:
                 if undo is not None and intent is not None:
                     self._rollback(intent, done, undo)
@@ -69,6 +72,8 @@ class Applier(EngineBase):
                     ) from exc
                 raise
             failpoints.hit(f"apply:after:{type(action).__name__}")
+            if isinstance(action, p.RecordLedger):
+                recorded = action.entry
             if isinstance(action, p.RecordLedger) and action.entry.state == "installing":
                 intent = action.entry
             done.append(action)
@@ -106,6 +111,29 @@ class Applier(EngineBase):
                     self._do_verify(target, cafile, timeout)
             case p.Restart():  # handled by _apply
                 pass
+
+    def _check_refreshed(self, entry: LedgerEntry, argv: tuple[str, ...]) -> None:
+        """A refresh's exit status proves nothing (RHEL's update-ca-trust returns 0 when
+        p11-kit fails): read back the bundle the runtimes load (agent/node/stores/bundle.py)."""
+        if entry.scope != "system":
+            return
+        from agent.node.stores.system import check_refreshed_bundle
+
+        shared = any(
+            other.endpoint != entry.endpoint
+            and other.scope == "system"
+            and other.sha256 == entry.sha256
+            and other.state == "installed"
+            for other in self.entries().values()
+        )
+        check_refreshed_bundle(
+            self.fs,
+            entry.sha256,
+            present=entry.state != "removing",
+            refresh=argv,
+            ours=entry.files,
+            shared=shared,
+        )
 
     def _do_verify(self, target: HostPort, cafile: str, timeout: float) -> None:
         if self._verify is not None:

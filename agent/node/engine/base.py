@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from agent.core.ledger_entry import LedgerEntry
 from agent.node.host import HostFS, Runner
+from agent.node.judge import Pull, RuntimeJudge
 from agent.node.ledger import Ledger
 from agent.node.runtimes import RestartMethod, RuntimeManager, detect_runtimes
 
@@ -42,6 +43,7 @@ class EngineBase:
         manager: RuntimeManager | None = None,
         fetch: Callable[..., object] | None = None,
         verify: Callable[..., None] | None = None,
+        pull: Pull | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.fs = fs
@@ -55,6 +57,7 @@ class EngineBase:
         self._fetch = fetch
         self._verify = verify
         self._clock = clock
+        self.judge = RuntimeJudge(fs, pull=pull)
 
     # ----------------------------------------------------------------- queries
 
@@ -67,9 +70,12 @@ class EngineBase:
     def entries(self) -> dict[str, LedgerEntry]:
         return self.ledger.entries()
 
-    def use_runtimes(self, runtimes: Sequence[str]) -> None:
-        """The daemon learns the node's runtime from the Node object after start."""
+    def use_runtimes(self, runtimes: Sequence[str], *, version: str = "") -> None:
+        """The daemon learns the node's runtime (and its version, from the Node's
+        containerRuntimeVersion) from the Node object after start."""
         self._runtimes = tuple(runtimes)
+        for runtime in runtimes:
+            self.judge.learn_version(runtime, version)
 
     def set_restart_gate(self, gate: RestartGate) -> None:
         self._gate = gate

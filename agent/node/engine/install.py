@@ -8,39 +8,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.core import plan as p
+from agent.core.containerd_config import hosts_toml_governs
 from agent.core.errors import InputError, StoreError
 from agent.core.hostport import HostPort
-from agent.core.ledger_entry import LedgerEntry
+from agent.core.hosts_toml import append_ca
+from agent.core.ledger_entry import FileEdit, LedgerEntry
 from agent.core.remediation import InstallRequest, Result
-from agent.node.engine.apply import Applier, Undo
+from agent.core.system_anchor import system_anchor_refusal
+from agent.node.engine.apply import Undo
 from agent.node.engine.base import iso
+from agent.node.engine.verify import RuntimeVerifier
 from agent.node.stores import Placement, check_placement, registry_store, system_store
 
 if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the idle daemon
     from agent.core.trust import Analysis, CertInfo
 
 
-class Installer(Applier):
+class Installer(RuntimeVerifier):
     """`install` and the steps that decide what it writes and restarts."""
 
     # ---------------------------------------------------------------- install
 
     def install(self, req: InstallRequest) -> Result:
+        """Install, then let the runtime judge it (see RuntimeVerifier)."""
+        result, undo = self._install_once(req)
+        judged, fallback = self._judged(req, result, undo)
+        if fallback is None:
+            return judged
+        again, undo = self._install_once(replace(req, scope="system"))
+        judged, _ = self._judged(replace(req, scope="system"), again, undo)
+        return replace(judged, scope_reason=f"{fallback}; system scope instead")
+
+    def _install_once(self, req: InstallRequest) -> tuple[Result, Undo | None]:
         timings: dict[str, float] = {}
         registry = req.registry or req.endpoint
         analysis, anchor = self._analysis(req, timings)
-        scope, placements = self._placements(req, registry, anchor)
+        scope, placements, reason = self._placements(req, registry, anchor)
         previous = self.entries().get(req.endpoint.key)
         # Only this endpoint's own files may be replaced: another entry's file is not "ours"
         # for this install, whatever its name.
         ours = set(previous.files) if previous else set()
+        edits = self._hosts_toml_edits(req, registry, placements, previous)
         for pl in placements:
-            check_placement(self.fs, pl, ours=ours)
+            check_placement(
+                self.fs, pl, ours=ours | {e.path for e in edits}, major=self.judge.major(pl.store)
+            )
         restart_runtimes = self._restart_targets(req, placements)
-        disk = self._disk_state(placements, previous)
+        disk = self._disk_state(placements, previous, edits)
         now = self._clock()
         entry = LedgerEntry(
             endpoint=req.endpoint.key,
@@ -67,6 +85,7 @@ class Installer(Applier):
             previous=previous,
             restart_runtimes=restart_runtimes,
             verify=verify,
+            edits=edits,
         )
         stores = tuple(pl.store for pl in placements)
         if not actions and previous is not None:
@@ -76,48 +95,60 @@ class Installer(Applier):
             if owed:
                 actions = (*[p.Restart(rt) for rt in owed], p.RecordLedger(previous))
         if not actions:
-            return Result(
-                req.endpoint,
-                registry,
-                "unchanged",
-                scope,
-                stores,
-                anchor,
-                analysis,
-                (),
-                verified=True,
-                timings=timings,
+            return (
+                Result(
+                    req.endpoint,
+                    registry,
+                    "unchanged",
+                    scope,
+                    stores,
+                    anchor,
+                    analysis,
+                    (),
+                    verified=True,
+                    timings=timings,
+                    scope_reason=reason,
+                ),
+                None,
             )
         required = tuple(self._restart_required(req, placements))
         if req.dry_run:
-            return Result(
+            return (
+                Result(
+                    req.endpoint,
+                    registry,
+                    "dry-run",
+                    scope,
+                    stores,
+                    anchor,
+                    analysis,
+                    actions,
+                    restart_required=required,
+                    timings=timings,
+                    scope_reason=reason,
+                ),
+                None,
+            )
+        undo = Undo(previous, dict(disk.files))
+        restarted, restart_error = self._apply(actions, timings, undo=undo)
+        return (
+            Result(
                 req.endpoint,
                 registry,
-                "dry-run",
+                "installed",
                 scope,
                 stores,
                 anchor,
                 analysis,
                 actions,
+                restarted=restarted,
                 restart_required=required,
+                restart_error=restart_error,
+                verified=any(isinstance(a, p.Verify) for a in actions),
                 timings=timings,
-            )
-        undo = Undo(previous, dict(disk.files))
-        restarted, restart_error = self._apply(actions, timings, undo=undo)
-        return Result(
-            req.endpoint,
-            registry,
-            "installed",
-            scope,
-            stores,
-            anchor,
-            analysis,
-            actions,
-            restarted=restarted,
-            restart_required=required,
-            restart_error=restart_error,
-            verified=any(isinstance(a, p.Verify) for a in actions),
-            timings=timings,
+                scope_reason=reason,
+            ),
+            undo,
         )
 
     def _analysis(
@@ -173,33 +204,41 @@ class Installer(Applier):
 
     def _placements(
         self, req: InstallRequest, registry: HostPort, anchor: CertInfo
-    ) -> tuple[str, list[Placement]]:
-        from agent.core.trust import pem_bundle
+    ) -> tuple[str, list[Placement], str]:
+        """(scope, placements, why this scope when the request left it to us)."""
+        from agent.core.trust import parse_pem_bundle, pem_bundle
 
-        content = pem_bundle([anchor])
-        scope = req.scope
+        kept = parse_pem_bundle(req.overlap) if req.overlap else ()
+        content = pem_bundle([anchor, *kept])
+        scope, reason = req.scope, ""
         if scope == "auto":
-            scope = "registry" if self._registry_scope_available() else "system"
+            refusal = self._registry_scope_refusal()
+            scope, reason = ("registry", "") if refusal is None else ("system", refusal)
         if scope == "system":
-            return scope, [system_store(self.fs).placement(req.endpoint, content, registry)]
+            store = system_store(self.fs)
+            refusal = system_anchor_refusal(anchor, store.family)
+            if refusal is not None:  # p11-kit would drop it: fail before writing anything
+                raise StoreError(refusal + (f" ({reason})" if reason else ""), kind="not-a-ca")
+            return scope, [store.placement(req.endpoint, content, registry)], reason
         if not self.runtimes:
             raise StoreError(
                 "registry scope needs a container runtime, and none was found under the host root "
                 f"{self.fs.root} (looked for containerd, docker and CRI-O); pass --runtime",
                 kind="unavailable",
             )
-        stores = [registry_store(self.fs, rt) for rt in self.runtimes]
-        return scope, [s.placement(req.endpoint, content, registry) for s in stores]
+        stores = [registry_store(self.fs, rt, major=self.judge.major(rt)) for rt in self.runtimes]
+        return scope, [s.placement(req.endpoint, content, registry) for s in stores], reason
 
-    def _registry_scope_available(self) -> bool:
+    def _registry_scope_refusal(self) -> str | None:
+        """None when every runtime reads a per-registry directory, else why not."""
         if not self.runtimes:
-            return False
+            return "no container runtime found for registry scope"
         for rt in self.runtimes:
             try:
-                registry_store(self.fs, rt)
-            except StoreError:
-                return False
-        return True
+                registry_store(self.fs, rt, major=self.judge.major(rt))
+            except StoreError as exc:
+                return str(exc)
+        return None
 
     def _restart_required(self, req: InstallRequest, placements: Sequence[Placement]) -> list[str]:
         if not any(pl.needs_restart for pl in placements) or req.restart == "auto":
@@ -224,10 +263,39 @@ class Installer(Applier):
             return None  # declarative: the registry need not be reachable from here
         return p.Verify(req.endpoint, placements[0].verify_cafile, req.timeout)
 
+    def _hosts_toml_edits(
+        self,
+        req: InstallRequest,
+        registry: HostPort,
+        placements: Sequence[Placement],
+        previous: LedgerEntry | None,
+    ) -> tuple[FileEdit, ...]:
+        """With hostsToml: append, the line that makes a foreign hosts.toml name our CA file
+        (computed from the file's original bytes, also when our line is already in it)."""
+        if req.hosts_toml != "append":
+            return ()
+        edits: list[FileEdit] = []
+        for pl in placements:
+            path = pl.directory.rstrip("/") + "/hosts.toml"
+            if pl.store != "containerd" or self.fs.lstat_kind(path) != "file":
+                continue
+            current = self.fs.read_bytes(path) or b""
+            mine = next((e for e in (previous.edits if previous else ()) if e.path == path), None)
+            original = mine.original if mine is not None and current == mine.edited else current
+            if not hosts_toml_governs(original, self.judge.major(pl.store)):
+                continue  # containerd ignores that file: our *.crt beside it is enough
+            edited = append_ca(original, req.endpoint, registry, pl.file)
+            edits.append(FileEdit(path, original, edited))
+        return tuple(edits)
+
     def _disk_state(
-        self, placements: Sequence[Placement], previous: LedgerEntry | None
+        self,
+        placements: Sequence[Placement],
+        previous: LedgerEntry | None,
+        edits: Sequence[FileEdit] = (),
     ) -> p.DiskState:
         paths = {pl.file for pl in placements} | set(previous.files if previous else ())
+        paths |= {e.path for e in (*edits, *(previous.edits if previous else ()))}
         files = {path: self.fs.read_bytes(path) for path in paths}
         dirs: set[str] = set()
         for pl in placements:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agent.core import plan as p
-from agent.core.errors import AgentError
+from agent.core.errors import AgentError, StoreError
 from agent.core.hostport import HostPort
+from agent.core.ledger_entry import LedgerEntry
 from agent.core.remediation import Result
 from agent.node.engine.apply import Applier
 from agent.node.engine.base import log
@@ -36,6 +39,7 @@ class Remover(Applier):
                     rt, allow_docker_without_live_restore=allow_docker_restart_without_live_restore
                 )
             restart_runtimes = list(self.runtimes)
+        entry = self._edits_to_restore(entry)
         actions = p.plan_remove(entry, restart_runtimes=restart_runtimes)
         required = tuple(self.runtimes) if entry.scope == "system" and restart == "never" else ()
         if dry_run:
@@ -76,9 +80,33 @@ class Remover(Applier):
         for key, entry in sorted(self.entries().items()):
             if entry.state in ("installing", "removing"):
                 try:
-                    self._apply(p.plan_remove(entry, restart_runtimes=()), {}, undo=None)
+                    converge = p.plan_remove(self._edits_to_restore(entry), restart_runtimes=())
+                    self._apply(converge, {}, undo=None)
                 except AgentError as exc:  # one bad entry must not block the others
                     log.warning("cannot converge ledger entry %s: %s", key, exc)
                     continue
                 touched.append(key)
         return touched
+
+    def _edits_to_restore(self, entry: LedgerEntry) -> LedgerEntry:
+        """`entry` keeping only the edits whose file still holds exactly our edit: those get
+        their original bytes back. A file already back to its original (a crash before the
+        edit), or from which someone took our line out, is left as it is. A file changed by
+        someone else while still naming our CA is reported and nothing is touched."""
+        keep = []
+        for edit in entry.edits:
+            now = self.fs.read_bytes(edit.path)
+            if now == edit.edited:
+                keep.append(edit)
+            elif now is not None and now != edit.original and self._names_ours(now, entry):
+                raise StoreError(
+                    f"{edit.path} was changed by someone else after ca-trust-agent added its CA "
+                    f"line; it is left as it is, and so is {', '.join(entry.files)}. Remove our "
+                    "line from it yourself, then run remove again",
+                    kind="conflict",
+                )
+        return replace(entry, edits=tuple(keep))
+
+    @staticmethod
+    def _names_ours(data: bytes, entry: LedgerEntry) -> bool:
+        return any(path.encode() in data for path in entry.files)

@@ -17,12 +17,14 @@ from agent.node.host.commands import (
     Runner,
     nsenter_prefix,
 )
-from agent.node.host.files import TMP_PREFIX, HostFS, split_host_path
+from agent.node.host.files import HostFS, split_host_path
+from agent.node.host.staging import STAGING_DIR, TMP_PREFIX
 
 __all__ = [
     "CLEAN_PATH",
     "NSENTER_PREFIX",
     "OUTPUT_LIMIT",
+    "STAGING_DIR",
     "TMP_PREFIX",
     "CommandResult",
     "DirectRunner",

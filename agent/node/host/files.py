@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from agent.core.errors import StoreError
 from agent.node import failpoints
-
-TMP_PREFIX = ".ca-trust-agent-tmp-"
+from agent.node.host.staging import STAGING_DIR, TMP_PREFIX, unlink_temps, write_staged
 
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -228,7 +227,13 @@ class HostFS:
         """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
         The parent directory must exist (create it with `makedirs`, which reports what it
-        created so that it can be undone).
+        created so that it can be undone). The temp file is written in a private staging
+        subdirectory (`STAGING_DIR`) and renamed in: trust tools read every file of the
+        directories they scan (p11-kit loads dot-files in `anchors/` too), so a temp file a
+        kill left *beside* our file would become a trusted anchor at the next refresh. No tool
+        reads subdirectories of an anchor or certs.d directory (p11-kit skips them, Debian and
+        the runtimes only take `*.crt`), and a subdirectory is always on the same filesystem
+        as its directory, so rename() stays atomic even when the directory is a mount point.
         """
         parts = split_host_path(path)
         if not parts:
@@ -238,24 +243,26 @@ class HostFS:
             assert dfd is not None
             self._check_target(dfd, path, name)
             tmp = TMP_PREFIX + secrets.token_hex(8)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fchmod(fd, mode)
-                    os.fsync(fd)
+                sfd = write_staged(dfd, tmp, data, mode)
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror}", kind="io") from exc
+            try:
                 failpoints.hit("write:temp-written")
                 # rename() replaces a link rather than following it, so a link planted after
                 # the check above still cannot redirect the write.
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.replace(tmp, name, src_dir_fd=sfd, dst_dir_fd=dfd)
                 failpoints.hit("write:renamed")
                 os.fsync(dfd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
+                    os.unlink(tmp, dir_fd=sfd)
                 raise StoreError(f"cannot write {path}: {exc.strerror}", kind="io") from exc
+            finally:
+                os.close(sfd)
+                # Empty unless another write is under way or a killed one left its temp file.
+                with contextlib.suppress(OSError):
+                    os.rmdir(STAGING_DIR, dir_fd=dfd)
 
     def _check_target(self, dfd: int, path: str, name: str) -> None:
         try:
@@ -319,24 +326,28 @@ class HostFS:
             return True
 
     def remove_temp_files(self, path: str) -> int:
-        """Delete `.ca-trust-agent-tmp-*` files a killed write left in directory `path`.
+        """Delete the temp files killed writes left in directory `path`; returns how many.
 
-        Ours by name; no trust tool reads them (they are not *.crt), but they would keep a
-        directory we created from being removed. Returns how many went.
+        Ours by name: `STAGING_DIR/.ca-trust-agent-tmp-*` (and the staging dir itself), and
+        `.ca-trust-agent-tmp-*` directly in `path`, where versions before the staging dir
+        wrote them. They would keep a directory we created from being removed, and one
+        directly in an anchors dir is read by p11-kit as an anchor.
         """
-        removed = 0
         with self._open_dir(split_host_path(path), missing_ok=True) as dfd:
             if dfd is None:
                 return 0
-            for name in os.listdir(dfd):
-                if not name.startswith(TMP_PREFIX):
-                    continue
-                st = os.lstat(name, dir_fd=dfd)
-                if stat.S_ISREG(st.st_mode):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=dfd)
-                        removed += 1
-        return removed
+            removed = unlink_temps(dfd)
+            try:
+                sfd = os.open(STAGING_DIR, _DIR_FLAGS, dir_fd=dfd)
+            except OSError:
+                return removed  # none, or not a directory we could have made
+            try:
+                removed += unlink_temps(sfd)
+            finally:
+                os.close(sfd)
+            with contextlib.suppress(OSError):
+                os.rmdir(STAGING_DIR, dir_fd=dfd)
+            return removed
 
     def remove_dir(self, path: str) -> bool:
         """Delete an empty directory; False when gone or not empty. Links are refused."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from agent.core.errors import InputError, RuntimeRestartError, StoreError
 from agent.node.host import HostFS, Runner
-from agent.node.runtimes.containerd import containerd_socket
+from agent.node.runtimes.containerd import check_not_embedded, containerd_socket
 from agent.node.runtimes.crio import crio_socket
 from agent.node.runtimes.docker import check_live_restore, docker_socket, probe_docker
 from agent.node.runtimes.sockets import connect, recv_exactly
@@ -128,8 +128,11 @@ class RuntimeManager:
     def check_restart_allowed(
         self, runtime: str, *, allow_docker_without_live_restore: bool
     ) -> None:
-        """Refuse to restart dockerd without live-restore: that would kill every container."""
+        """Refuse to restart dockerd without live-restore (that would kill every container),
+        and an embedded containerd: on k3s/RKE2 that means restarting the distribution."""
         _check_runtime(runtime)
+        if runtime == "containerd":
+            check_not_embedded(self.fs)
         if runtime != "docker" or allow_docker_without_live_restore:
             return
         check_live_restore(self.fs)

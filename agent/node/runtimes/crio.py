@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import tomllib
 
+from agent.core.containerd_config import dig
 from agent.core.errors import StoreError
 from agent.node.host import HostFS
 from agent.node.runtimes.sockets import DEFAULT_SOCKETS, first_existing, strip_unix
-from agent.node.stores.registry import dig
 
 CRIO_CONFIG = "/etc/crio/crio.conf"
 

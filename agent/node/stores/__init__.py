@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from agent.core.containerd_config import hosts_toml_governs
 from agent.core.errors import StoreError
 from agent.core.placement import FILE_PREFIX, Placement, file_name, safe
 from agent.node.host import HostFS
 
 
-def check_placement(fs: HostFS, placement: Placement, *, ours: Collection[str]) -> None:
+def check_placement(
+    fs: HostFS, placement: Placement, *, ours: Collection[str], major: int | None = None
+) -> None:
     """Raise StoreError if writing `placement` would be unsafe or would not take effect.
 
     `ours` are host paths the ledger says we wrote. A file we did not write is never
@@ -29,7 +32,7 @@ def check_placement(fs: HostFS, placement: Placement, *, ours: Collection[str]) 
     if dir_kind not in (None, "dir"):
         raise StoreError(f"{placement.directory} exists and is not a directory", kind="conflict")
     if dir_kind == "dir" and placement.store == "containerd":
-        _check_hosts_toml(fs, placement, ours)
+        _check_hosts_toml(fs, placement, ours, major)
     if placement.store == "containerd":
         _check_port_directory(fs, placement)
     file_kind = fs.lstat_kind(placement.file)
@@ -51,9 +54,18 @@ def check_placement(fs: HostFS, placement: Placement, *, ours: Collection[str]) 
         )
 
 
-def _check_hosts_toml(fs: HostFS, placement: Placement, ours: Collection[str]) -> None:
+def _check_hosts_toml(
+    fs: HostFS, placement: Placement, ours: Collection[str], major: int | None
+) -> None:
+    """A hosts.toml that containerd obeys makes it ignore our `*.crt` beside it; one it
+    ignores (empty, unparsable, or on 1.x without a host table) does not matter."""
     hosts = placement.directory.rstrip("/") + "/hosts.toml"
-    if fs.lstat_kind(hosts) is not None and hosts not in ours:
+    kind = fs.lstat_kind(hosts)
+    if kind is None or hosts in ours:
+        return
+    # anything but a regular file (a link, a directory) is not ours to judge: a conflict
+    governs = kind != "file" or hosts_toml_governs(fs.read_bytes(hosts) or b"", major)
+    if governs:
         raise StoreError(
             f"{hosts} exists: containerd ignores *.crt files in {placement.directory} when a "
             "hosts.toml is present, so our CA would have no effect. Add `ca = [...]` to that "

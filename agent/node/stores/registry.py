@@ -7,57 +7,15 @@ and no restart is needed, which is why this scope is preferred.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
-from typing import Any
 
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
 from agent.node.host import HostFS, split_host_path
 from agent.node.stores import Placement, file_name
 
-CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 CRIO_CERTS_DIR = "/etc/containers/certs.d"
-
-# Where each containerd generation keeps the CRI registry settings, newest first.
-_CONTAINERD_REGISTRY_TABLES = (
-    ("plugins", "io.containerd.cri.v1.images", "registry"),  # 2.x (config version 3)
-    ("plugins", "io.containerd.grpc.v1.cri", "registry"),  # 1.x (config version 2)
-    ("plugins", "cri", "registry"),  # 1.x (config version 1)
-)
-
-
-def load_containerd_config(fs: HostFS) -> dict[str, Any] | None:
-    """containerd's config.toml as a dict; None when the file does not exist."""
-    data = fs.read_bytes(CONTAINERD_CONFIG)
-    if data is None:
-        return None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        # RecursionError: a hostile "a = [[[[..." nests deeper than the parser can follow.
-        raise StoreError(
-            f"cannot parse {CONTAINERD_CONFIG} under {fs.root}: {exc}", kind="unavailable"
-        ) from exc
-
-
-def dig(table: Any, keys: tuple[str, ...]) -> Any:
-    """table[k1][k2]... or None when a level is missing or not a table."""
-    for key in keys:
-        if not isinstance(table, dict):
-            return None
-        table = table.get(key)
-    return table
-
-
-def containerd_config_path(config: dict[str, Any] | None) -> str | None:
-    """The first directory of the CRI registry `config_path`, or None when unset."""
-    for keys in _CONTAINERD_REGISTRY_TABLES:
-        value = dig(config, (*keys, "config_path"))
-        if isinstance(value, str) and value.strip():
-            return value.split(":")[0].strip()
-    return None
 
 
 @dataclass(frozen=True)
@@ -85,8 +43,11 @@ class RegistryStore:
         )
 
 
-def registry_store(fs: HostFS, runtime: str) -> RegistryStore:
-    """The per-registry store of `runtime`; StoreError("unavailable") when it has none."""
+def registry_store(fs: HostFS, runtime: str, *, major: int | None = None) -> RegistryStore:
+    """The per-registry store of `runtime`; StoreError("unavailable") when it has none.
+
+    `major` is containerd's major version when known (Node object or CRI Version): a
+    config_path list is read differently by 1.x and 2.x."""
     if runtime == "docker":
         return RegistryStore("docker", DOCKER_CERTS_DIR)
     if runtime == "crio":
@@ -95,21 +56,28 @@ def registry_store(fs: HostFS, runtime: str) -> RegistryStore:
         raise StoreError(
             f"registry scope is not available for unknown runtime {runtime!r}", kind="unavailable"
         )
-    path = containerd_config_path(load_containerd_config(fs))
-    if path is None:
-        raise StoreError(
-            "registry scope is not available for containerd: set config_path "
-            '(e.g. config_path = "/etc/containerd/certs.d") under '
+    from agent.node.runtimes.containerd import registry_dirs
+
+    dirs = registry_dirs(fs, major)
+    if dirs.directory is None:
+        hint = (
+            '; set config_path (e.g. config_path = "/etc/containerd/certs.d") under '
             '[plugins."io.containerd.grpc.v1.cri".registry] (containerd 1.x) or '
-            '[plugins."io.containerd.cri.v1.images".registry] (2.x) in '
-            f"{CONTAINERD_CONFIG} and restart containerd once, or use system scope",
+            "[plugins.'io.containerd.cri.v1.images'.registry] (2.x) and restart containerd "
+            "once, or use system scope"
+            if not dirs.config_path and "registries.yaml" not in dirs.reason
+            else ""
+        )
+        raise StoreError(
+            f"registry scope is not available for containerd: {dirs.reason}{hint}",
             kind="unavailable",
         )
+    path = dirs.directory
     try:
         split_host_path(path)
     except StoreError as exc:
         raise StoreError(
-            f"containerd config_path {path!r} in {CONTAINERD_CONFIG} is not usable: {exc}",
+            f"containerd config_path {path!r} ({dirs.reason}) is not usable: {exc}",
             kind="unavailable",
         ) from exc
     return RegistryStore("containerd", path.rstrip("/") or "/")

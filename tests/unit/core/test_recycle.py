@@ -418,6 +418,30 @@ def test_a_failure_reported_just_after_the_fix_joins_its_pass() -> None:
     assert r.recycler.late(owned("web-3"), HOST) is None  # the pass is closed
 
 
+def test_a_late_pod_evicted_after_the_summary_is_counted_in_a_new_summary() -> None:
+    """Seen on a real kubelet: a bare pod's failure arrived first, so the pass had nothing to
+    evict and was summarised at once ("recycled 0 pods"); a Deployment's pod whose failure
+    was reported after the fix then joined it and was evicted. The Node must not keep
+    saying 0."""
+    r = rig(Limits(late_window=120.0))
+    r.recycler.recycle(HOST, [pod("bare", None)])
+    (first,) = r.events.on("Node", "PodRecycled")
+    assert first[4].startswith(f"recycled 0 pods for {HOST}; 1 bare pods left")
+
+    assert r.recycler.late(owned("web-1"), HOST) == "evict"
+    assert r.recycler.late(pod("bare-2", None), HOST) == "bare"
+    r.recycler.run_due()
+
+    assert r.api.calls == ["web-1"]
+    last = r.events.on("Node", "PodRecycled")[-1]
+    assert last[4] == (
+        f"recycled 1 pods for {HOST}; 2 bare pods left to kubelet's retry; "
+        "0 refused by PodDisruptionBudget, retrying"
+    )
+    assert [e[1] for e in r.events.on("Pod", "PodRecycled")] == ["shop/web-1"]
+    assert [e[1] for e in r.events.on("Pod", "CATrusted")] == ["shop/bare", "shop/bare-2"]
+
+
 def test_missing_rbac_is_a_warning_on_the_node() -> None:
     r = rig()
     r.api.answers["web-0"] = [Eviction(FAILED, 'cannot create resource "pods/eviction"')]

@@ -8,6 +8,7 @@ engine's contract: exactly which files appear, idempotency, dry run, rollback, u
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,12 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.errors import ApplyError, RuntimeRestartError, StoreError, TrustError
+from agent.core.errors import (
+    ApplyError,
+    InputError,
+    RuntimeRestartError,
+    StoreError,
+    TrustError,
+)
 from agent.core.hostport import HostPort, parse_hostport
+from agent.core.pull_verdict import PullVerdict
 from agent.core.trust import CertInfo, cert_from_der
 from agent.node.engine import Engine, InstallRequest
 from agent.node.host import CommandResult, HostFS
 from lab import pki
+from lab.doubles import rebuild_debian_bundle
 
 REG = parse_hostport("registry.test:5443")
 CERTS_D = "/etc/containerd/certs.d"
@@ -34,10 +43,13 @@ class Runner:
 
     fail: set[str] = field(default_factory=set)
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    root: Path | None = None  # update-ca-certificates rebuilds this root's bundle
 
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> CommandResult:
         self.calls.append(tuple(argv))
         rc = 1 if argv[0] in self.fail else 0
+        if rc == 0 and self.root is not None and argv[0] == "update-ca-certificates":
+            rebuild_debian_bundle(self.root)
         return CommandResult(tuple(argv), rc, "", "boom" if rc else "", 0.01, False)
 
 
@@ -110,7 +122,7 @@ def node(tmp_path: Path) -> Node:
     (root / "etc/ssl/certs").mkdir(parents=True)
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",))
     chain = tuple(cert_from_der(c.public_bytes(_der())) for c in ca.chain)
-    return Node(root, HostFS(str(root)), Runner(), Manager(), chain, ca, [])
+    return Node(root, HostFS(str(root)), Runner(root=root), Manager(), chain, ca, [])
 
 
 def _der():  # type: ignore[no-untyped-def]
@@ -367,3 +379,129 @@ def test_a_foreign_host_port_underscore_directory_is_a_conflict(node: Node) -> N
     assert err.value.kind == "conflict"
     assert "registry.test_5443_" in str(err.value)
     assert node.files() == set()
+
+
+# --- the runtime judges: after writing, the runtime that failed pulls the image again ------
+
+
+IMAGE = "registry.test:5443/lab/tiny:v1"
+
+
+@dataclass
+class Pulls:
+    """Stands in for the CRI / Engine API pull: answers with the scripted verdict kinds."""
+
+    answers: list[str]
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __call__(self, runtime: str, socket: str, image: str, timeout: float) -> PullVerdict:
+        self.calls.append((runtime, socket, image))
+        kind = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        detail = {
+            "untrusted": "failed to resolve reference: tls: failed to verify certificate: "
+            "x509: certificate signed by unknown authority",
+            "past-handshake": "unexpected status from HEAD request: 401 Unauthorized",
+            "inconclusive": "connection refused",
+            "pulled": "sha256:0123",
+        }[kind]
+        return PullVerdict(kind, runtime, image, detail, 0.01)
+
+
+def with_runtime_socket(node: Node) -> str:
+    """A containerd socket on the host root: only a runtime that answers is asked."""
+    path = node.root / "run/containerd/containerd.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+    return str(path)
+
+
+def test_the_runtime_pulling_the_image_is_the_verification(node: Node) -> None:
+    socket_path = with_runtime_socket(node)
+    pulls = Pulls(["pulled"])
+    result = node.engine(pull=pulls).install(InstallRequest(REG, image=IMAGE))
+    assert result.scope == "registry"
+    assert result.verification == "runtime"
+    assert result.verified
+    assert pulls.calls == [("containerd", socket_path, IMAGE)]
+    assert result.verified_by == f"verified: containerd pulled {IMAGE} (sha256:0123)"
+
+
+def test_an_answer_past_the_handshake_verifies_trust_without_pull_secrets(node: Node) -> None:
+    with_runtime_socket(node)
+    result = node.engine(pull=Pulls(["past-handshake"])).install(
+        InstallRequest(REG, image=IMAGE)
+    )
+    assert result.verification == "runtime"
+    assert result.verdict is not None
+    assert result.verdict.kind == "past-handshake"
+
+
+def test_a_registry_scope_the_runtime_ignores_falls_back_to_system_scope(node: Node) -> None:
+    """The false success this check exists for: the file is written, the handshake trusting
+    it works, and still the runtime fails x509 (it reads another directory)."""
+    with_runtime_socket(node)
+    pulls = Pulls(["untrusted", "pulled"])
+    result = node.engine(pull=pulls).install(InstallRequest(REG, image=IMAGE))
+    assert result.scope == "system"
+    assert result.verification == "runtime"
+    assert "registry scope was not used by containerd" in result.scope_reason
+    assert OUR_FILE not in node.files()
+    assert SYSTEM_FILE in node.files()
+    assert node.manager.restarts == ["containerd"]
+    assert len(pulls.calls) == 2
+
+
+def test_a_refused_explicit_scope_is_rolled_back_and_says_what_was_found(node: Node) -> None:
+    with_runtime_socket(node)
+    with pytest.raises(ApplyError) as err:
+        node.engine(pull=Pulls(["untrusted"])).install(
+            InstallRequest(REG, scope="registry", image=IMAGE)
+        )
+    assert err.value.kind == "runtime-rejected"
+    assert "containerd still fails TLS" in str(err.value)
+    assert OUR_FILE in str(err.value)  # which file it ignored
+    assert "/etc/containerd/config.toml" in str(err.value)  # which config was read
+    assert node.files() <= {"/var/lib/ca-trust-agent/ledger.json"}
+    assert REG.key not in node.engine().entries()
+
+
+def test_an_already_installed_ca_the_runtime_ignores_is_not_called_trusted(node: Node) -> None:
+    node.engine().install(InstallRequest(REG, scope="registry"))
+    with_runtime_socket(node)
+    with pytest.raises(ApplyError, match="did not use the CA"):
+        node.engine(pull=Pulls(["untrusted"])).install(
+            InstallRequest(REG, scope="registry", image=IMAGE)
+        )
+    assert OUR_FILE not in node.files()
+    assert REG.key not in node.engine().entries()
+
+
+def test_a_runtime_that_cannot_tell_leaves_the_tls_check_standing(node: Node) -> None:
+    with_runtime_socket(node)
+    result = node.engine(pull=Pulls(["inconclusive"])).install(InstallRequest(REG, image=IMAGE))
+    assert result.status == "installed"
+    assert result.verification == "tls"
+    assert "no runtime verdict" in result.verified_by
+    assert OUR_FILE in node.files()
+
+
+def test_without_an_image_or_with_verify_tls_the_runtime_is_not_asked(node: Node) -> None:
+    with_runtime_socket(node)
+    pulls = Pulls(["untrusted"])
+    assert node.engine(pull=pulls).install(InstallRequest(REG)).verification == "tls"
+    node.engine().remove(REG)
+    tls = node.engine(pull=pulls).install(InstallRequest(REG, image=IMAGE, verify="tls"))
+    assert tls.verification == "tls"
+    assert pulls.calls == []
+
+
+def test_verify_runtime_needs_an_image_and_reports_a_silent_runtime(node: Node) -> None:
+    with pytest.raises(InputError, match="--image"):
+        InstallRequest(REG, verify="runtime")
+    pulls = Pulls(["pulled"])  # no socket under the host root: nobody to ask
+    result = node.engine(pull=pulls).install(InstallRequest(REG, image=IMAGE, verify="runtime"))
+    assert pulls.calls == []
+    assert result.verification == "tls"
+    assert "no container runtime socket answers" in result.verified_by

@@ -95,6 +95,23 @@ def test_parse_os_release_handles_quotes_comments_and_junk() -> None:
         ("opensuse-leap-15.5", "opensuse-leap", "suse", SUSE),
         ("opensuse-tumbleweed", "opensuse-tumbleweed", "suse", SUSE),
         ("alpine-3.19", "alpine", "alpine", ALPINE),
+        # the rest of the distributions system scope is asked for, as they ship os-release
+        ("euleros-2.0-sp5", "euleros", "rhel", RHEL),
+        ("euleros-2.0-sp8", "euleros", "rhel", RHEL),
+        ("euleros-2.0-sp9", "euleros", "rhel", RHEL),
+        ("euleros-2.0-sp12", "euleros", "rhel", RHEL),
+        ("openeuler-20.03", "openeuler", "rhel", RHEL),  # ID="openEuler": case folded
+        ("openeuler-24.03", "openeuler", "rhel", RHEL),
+        ("centos-9", "centos", "rhel", RHEL),  # CentOS Stream 9
+        ("rhel-8", "rhel", "rhel", RHEL),
+        ("amzn-2", "amzn", "rhel", RHEL),
+        ("ol-9", "ol", "rhel", RHEL),
+        ("fedora-41", "fedora", "rhel", RHEL),
+        ("ubuntu-20.04", "ubuntu", "debian", DEBIAN),
+        ("ubuntu-24.04", "ubuntu", "debian", DEBIAN),
+        ("debian-11", "debian", "debian", DEBIAN),
+        ("opensuse-leap-15.6", "opensuse-leap", "suse", SUSE),
+        ("alpine-3.20", "alpine", "alpine", ALPINE),
     ],
 )
 def test_system_store_follows_the_os_family(
@@ -225,9 +242,49 @@ def test_containerd_1x_config_path_gives_the_registry_directory(tmp_path: Path) 
     )
 
 
-def test_containerd_2x_uses_the_first_of_several_config_paths(tmp_path: Path) -> None:
+def test_containerd_2x_reads_none_of_several_config_paths(tmp_path: Path) -> None:
+    """Measured on 2.1.9 and 2.3.4: the CRI pull path reads "a:b" as one literal directory,
+    so writing into the first would report trust that the pull never uses."""
     fs = host_with_containerd_config(tmp_path, CONTAINERD_2X)
-    assert registry_store(fs, "containerd").certs_dir == "/etc/containerd/certs.d"
+    with pytest.raises(StoreError, match="reads that string as one directory") as err:
+        registry_store(fs, "containerd", major=2)
+    assert err.value.kind == "unavailable"
+    with pytest.raises(StoreError, match="reads that string as one directory"):
+        registry_store(fs, "containerd")  # version unknown: only what both read is accepted
+
+
+def test_containerd_1x_reads_the_first_of_several_config_paths(tmp_path: Path) -> None:
+    fs = host_with_containerd_config(
+        tmp_path,
+        '[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        'config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"\n',
+    )
+    assert registry_store(fs, "containerd", major=1).certs_dir == "/etc/containerd/certs.d"
+
+
+def test_a_config_path_in_an_imported_drop_in_is_honoured(tmp_path: Path) -> None:
+    fs = host_with_containerd_config(
+        tmp_path, "version = 3\nimports = ['/etc/containerd/conf.d/*.toml']\n"
+    )
+    drop_ins = tmp_path / "host" / "etc" / "containerd" / "conf.d"
+    drop_ins.mkdir()
+    (drop_ins / "10-registry.toml").write_text(
+        "[plugins.'io.containerd.cri.v1.images'.registry]\n"
+        "config_path = '/etc/containerd/certs.d'\n"
+    )
+    assert registry_store(fs, "containerd", major=2).certs_dir == "/etc/containerd/certs.d"
+
+
+def test_a_k3s_node_is_refused_with_where_the_ca_goes(tmp_path: Path) -> None:
+    embedded = tmp_path / "var/lib/rancher/k3s/agent/etc/containerd"
+    embedded.mkdir(parents=True)
+    (embedded / "config.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        'config_path = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"\n'
+    )
+    fs = HostFS(str(tmp_path))
+    with pytest.raises(StoreError, match=r"registries\.yaml"):
+        registry_store(fs, "containerd", major=1)
 
 
 def test_containerd_version_1_config_is_understood(tmp_path: Path) -> None:
@@ -405,3 +462,58 @@ def test_a_pathologically_nested_containerd_config_is_unavailable(tmp_path: Path
     with pytest.raises(StoreError, match="cannot parse") as err:
         registry_store(fs, "containerd")
     assert err.value.kind == "unavailable"
+
+
+# --- what the OS store really keeps ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "refused"), [("rhel", True), ("suse", True), ("debian", False), ("alpine", False)]
+)
+def test_a_self_signed_non_ca_anchor_is_refused_only_where_p11kit_builds_the_bundle(
+    family: str, refused: bool
+) -> None:
+    """RHEL-family and SUSE bundles come from `trust extract --filter=ca-anchors`, which drops
+    non-CA certificates (tests/integration/node/test_rhel_trust.py); Debian and Alpine
+    concatenate every anchor file, and Go/OpenSSL accept a leaf found verbatim in the roots."""
+    from agent.core.system_anchor import system_anchor_refusal
+    from agent.core.trust import cert_from_der
+    from lab import pki
+
+    leaf = cert_from_der(pki.make_leaf(None, names=("selfsigned.test",)).der)
+    ca = cert_from_der(pki.make_ca("a CA").der)
+    reason = system_anchor_refusal(leaf, family)
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert "registry scope" in reason and "CA:TRUE" in reason
+    assert system_anchor_refusal(ca, family) is None
+
+
+def test_bundle_digests_read_every_certificate_block_and_skip_damaged_ones() -> None:
+    from agent.node.stores.bundle import bundle_digests
+    from lab import pki
+
+    first, second = pki.make_ca("first"), pki.make_ca("second")
+    damaged = b"-----BEGIN CERTIFICATE-----\n!!notbase64!!\n-----END CERTIFICATE-----\n"
+    data = b"# comment\n" + first.pem + damaged + second.pem
+    assert bundle_digests(data) == {first.sha256, second.sha256}
+
+
+def test_the_runtime_bundle_is_the_first_file_go_would_load(tmp_path: Path) -> None:
+    from agent.node.stores.bundle import runtime_bundle
+
+    root = tmp_path / "host"
+    fs = HostFS(str(root))
+    assert runtime_bundle(fs) is None
+    (root / "etc/pki/ca-trust/extracted/pem").mkdir(parents=True)
+    (root / "etc/pki/tls/certs").mkdir(parents=True)
+    # RHEL's package link, absolute: resolved inside the host root, as chroot would
+    (root / "etc/pki/tls/certs/ca-bundle.crt").symlink_to(
+        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"
+    )
+    assert runtime_bundle(fs) is None  # a dangling link is skipped, as Go skips it
+    (root / "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem").write_text("")
+    assert runtime_bundle(fs) == "/etc/pki/tls/certs/ca-bundle.crt"
+    (root / "etc/ssl/certs").mkdir(parents=True)
+    (root / "etc/ssl/certs/ca-certificates.crt").write_text("")
+    assert runtime_bundle(fs) == "/etc/ssl/certs/ca-certificates.crt"  # Debian's comes first

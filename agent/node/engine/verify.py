@@ -1,0 +1,94 @@
+"""After an install: let the runtime that failed judge it, and undo what it did not accept.
+
+The TLS handshake in the plan proves the CA matches the server. Whether the runtime reads
+the file is only proven by the runtime pulling through it (agent.node.judge). When it still
+fails TLS, the install is rolled back and, if the request left the scope to us, system scope
+is tried next; otherwise CATrustFailed says what was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from agent.core import plan as p
+from agent.core.errors import AgentError, ApplyError
+from agent.core.pull_verdict import INCONCLUSIVE, regarding
+from agent.core.remediation import InstallRequest, Result
+from agent.node.engine.apply import Undo
+from agent.node.engine.base import log
+from agent.node.engine.remove import Remover
+
+
+class RuntimeVerifier(Remover):
+    """The runtime's verdict on a finished install, and the undo when it refuses."""
+
+    def _verification_wanted(self, req: InstallRequest, result: Result) -> bool:
+        if result.status not in ("installed", "unchanged") or req.verify == "tls":
+            return False
+        if req.verify == "runtime":
+            return True  # asked for: a runtime that cannot answer is reported, not skipped
+        return bool(req.image) and bool(self.judge.answering(self.runtimes))
+
+    def _judged(
+        self, req: InstallRequest, result: Result, undo: Undo | None
+    ) -> tuple[Result, str | None]:
+        """`result` with the verification that ran, and a reason to try system scope next
+        when the runtime refused registry scope and the request allows that (the install
+        is rolled back by then). Raises ApplyError when nothing else is allowed."""
+        base = "none" if result.analysis is None else "tls"
+        if not self._verification_wanted(req, result):
+            return replace(result, verification=base if result.status == "installed" else ""), None
+        assert req.image is not None
+        with self._timed(result.timings, "runtime-verify"):
+            verdict = self.judge.judge(self.judge.answering(self.runtimes), req.image, req.timeout)
+        verdict = regarding(verdict, req.endpoint)  # x509 on a CDN or token host is not ours
+        if verdict.verified:
+            return replace(result, verified=True, verification="runtime", verdict=verdict), None
+        if verdict.kind == INCONCLUSIVE:
+            log.warning("no runtime verdict, keeping the TLS check: %s", verdict.describe())
+            return replace(result, verification=base, verdict=verdict), None
+        self._revert(req, result, undo)
+        found = self._findings(result)
+        if req.scope == "auto" and result.scope == "registry" and req.restart == "auto":
+            log.warning("%s; falling back to system scope", verdict.describe())
+            return result, f"registry scope was not used by {verdict.runtime} ({found})"
+        raise ApplyError(
+            f"{verdict.describe()}: {verdict.runtime} did not use the CA written for "
+            f"{result.endpoint.key} ({found}); everything written was rolled back",
+            kind="runtime-rejected",
+        )
+
+    def _findings(self, result: Result) -> str:
+        """What an operator needs to see why the runtime ignored the file."""
+        files = ", ".join(a.path for a in result.actions if isinstance(a, p.WriteFile))
+        found = [
+            f"wrote {files}" if files else f"{result.scope} scope ({', '.join(result.stores)})"
+        ]
+        if "containerd" in result.stores or result.scope == "system":
+            from agent.node.runtimes.containerd import read_containerd
+
+            with contextlib.suppress(AgentError):
+                found.append(f"containerd config: {read_containerd(self.fs).source}")
+        if result.scope_reason:
+            found.append(result.scope_reason)
+        return "; ".join(found)
+
+    def _revert(self, req: InstallRequest, result: Result, undo: Undo | None) -> None:
+        """Put the node back as it was before this install (restarting what the install
+        restarted, so a runtime that cached the new pool drops it again)."""
+        entry = self.entries().get(req.endpoint.key)
+        if entry is None:
+            return
+        if result.status == "unchanged" or undo is None or undo.previous is None:
+            self.remove(
+                req.endpoint,
+                restart=req.restart,
+                allow_docker_restart_without_live_restore=req.allow_docker_restart_without_live_restore,
+            )
+            return
+        writes = [a for a in result.actions if isinstance(a, p.WriteFile | p.MakeDir)]
+        self._rollback(entry, writes, undo)
+        for runtime in result.restarted:
+            with contextlib.suppress(AgentError), self._gate(runtime):
+                self.manager.restart(runtime)

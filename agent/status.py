@@ -12,22 +12,26 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.cluster.client import KubeClient, resource_path
-from agent.cluster.controller import OPT_IN_ANNOTATION, POLICY_KEY
-from agent.cluster.trustrecord import TrustRecord
-from agent.core import firsttrust as ft
-from agent.core.errors import PolicyError
-from agent.core.hostport import parse_hostport
-from agent.core.policy import DEFAULT_POLICY, Policy, parse_policy
+if TYPE_CHECKING:  # the API client, YAML and X.509 load only when `status` runs
+    from agent.cluster.client import KubeClient
+    from agent.core import firsttrust as ft
+    from agent.core.policy import Policy
 
 TRUSTED_ANNOTATION = "ca-trust-agent.io/trusted-registries"
+OPT_IN_ANNOTATION = "ca-trust-agent.io/remediate"
+POLICY_KEY = "policy.yaml"
 POLICY_NAME = "ca-trust-agent"
 
 
 def collect(client: KubeClient, namespace: str) -> dict[str, Any]:
     """The status as data (what `--json` prints)."""
+    from agent.cluster.client import resource_path
+    from agent.cluster.trustrecord import TrustRecord
+    from agent.core import firsttrust as ft
+    from agent.core.hostport import parse_hostport
+
     policy = _policy(client, namespace)
     nodes, _ = client.list_all(resource_path("v1", "nodes"))
     opted = sorted(
@@ -72,6 +76,8 @@ def collect(client: KubeClient, namespace: str) -> dict[str, Any]:
 
 
 def _state(action: str, sha256: str, record: ft.RegistryRecord) -> str:
+    from agent.core import firsttrust as ft
+
     if sha256 == record.previous:
         return "rotated-out"
     return {
@@ -102,6 +108,8 @@ def render(status: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.cluster.client import KubeClient
+
     client = KubeClient.from_config(args.kubeconfig)
     try:
         status = collect(client, args.namespace)
@@ -131,6 +139,11 @@ def plugin_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _policy(client: KubeClient, namespace: str) -> Policy:
+    from agent.cluster.client import resource_path
+    from agent.core import firsttrust as ft
+    from agent.core.errors import PolicyError
+    from agent.core.policy import DEFAULT_POLICY, parse_policy
+
     items = client.list(
         resource_path("v1", "configmaps", namespace), field_selector=f"metadata.name={POLICY_NAME}"
     ).get("items") or []

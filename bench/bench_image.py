@@ -61,21 +61,17 @@ def _measure() -> list[Row]:
             built = build_image(daemon, base)
             total, base_size = image_size(daemon, built.tag), image_size(daemon, base)
             ours = [layer for layer in layers(daemon, built.tag) if layer.size][:-1]
-    out = [
-        Row(SECTION, "stand-in base (mmdebstrap bookworm + python3, pip, venv)",
-            f"{base_size / MB:.1f} MB (made in {standin_seconds:.0f} s, cached)"),
-        Row(SECTION, "docker build (BuildKit, pip from PyPI, no cache)", f"{built.seconds:.0f} s",
-            "a few minutes"),
-    ]
+    out = [Row(SECTION, "docker build: BuildKit, pip from PyPI, no cache",
+               f"{built.seconds:.0f} s", "a few minutes")]
     for layer in ours:
-        what = layer.created_by.replace("/bin/sh -c ", "").split(" # ")[0][:60]
+        what = layer.created_by.replace("/bin/sh -c ", "").split(" # ")[0][:50]
         out.append(Row(SECTION, f"layer: {what}", f"{layer.size / MB:.1f} MB"))
     added = (total - base_size) / MB
-    out.append(Row(SECTION, "added to the base by the Dockerfile", f"{added:.1f} MB",
-                   f"as low as deps allow (was {BEFORE_ADDED} MB)"))
-    out.append(Row(SECTION, "total on the stand-in base", f"{total / MB:.1f} MB"))
+    out.append(Row(SECTION, f"added to the base (before: {BEFORE_ADDED} MB, pip + apt layers)",
+                   f"{added:.1f} MB", "as low as deps allow"))
+    out.append(Row(SECTION, f"total on the stand-in base ({base_size / MB:.1f} MB, mmdebstrap "
+                   f"{standin_seconds:.0f} s)", f"{total / MB:.1f} MB"))
     return out
-
 
 if __name__ == "__main__":
     for row in rows():

@@ -137,6 +137,15 @@ def _bind(store: RhelStore, source: Path, path: str) -> None:
     store.mounts.append(path)
 
 
+def _undo(store: RhelStore) -> None:
+    for path in reversed(store.mounts):
+        if subprocess.run(["umount", path], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+    for path in reversed(store.created):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def _layout(store: RhelStore, roots: int) -> None:
     for sub in ("source/anchors", "source/blocklist", "extracted/pem", "extracted/openssl"):
         os.makedirs(f"/etc/pki/ca-trust/{sub}")
@@ -183,9 +192,70 @@ def rhel_trust(
         store.extract()  # a node comes with its bundles already extracted
         yield store
     finally:
-        for path in reversed(store.mounts):
-            if subprocess.run(["umount", path], capture_output=True, check=False).returncode:
-                subprocess.run(["umount", "-l", path], capture_output=True, check=False)
-        for path in reversed(store.created):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+        _undo(store)
+
+
+# --- SUSE: the same engine, other paths -------------------------------------------------------
+
+SUSE_ANCHORS = Path("/etc/pki/trust/anchors")
+SUSE_BUNDLE = Path("/var/lib/ca-certificates/ca-bundle.pem")
+SUSE_BUNDLE_LINK = Path("/etc/ssl/ca-bundle.pem")
+SUSE_MODULE_CONFIG = "x-init-reserved: paths=/etc/pki/trust:/usr/share/pki/trust\n"
+
+# SLES 15 / openSUSE's update-ca-certificates runs the hooks in
+# /usr/lib/ca-certificates/update.d; the one for the bundle Go reads (certbundle.run) is a
+# `trust extract` of the server-auth CA anchors into /var/lib/ca-certificates/ca-bundle.pem.
+SUSE_DRIVER = """#!/bin/sh
+# Test driver in the style of SUSE's update-ca-certificates (certbundle.run's extract).
+set -e
+export P11_KIT_NO_USER_CONFIG=1
+trust extract --format=pem-bundle --filter=ca-anchors --overwrite --comment \
+--purpose server-auth /var/lib/ca-certificates/ca-bundle.pem
+"""
+
+
+def _suse_layout(roots: int) -> None:
+    os.makedirs(SUSE_ANCHORS)
+    os.makedirs("/usr/share/pki/trust/anchors")
+    for src in sorted(MOZILLA_ROOTS.glob("*.crt"))[:roots]:
+        Path("/usr/share/pki/trust/anchors", src.name).write_bytes(src.read_bytes())
+    os.makedirs("/etc/ssl/certs")
+    os.symlink(SUSE_BUNDLE, SUSE_BUNDLE_LINK)  # as ca-certificates.rpm ships it
+    os.makedirs("/etc/pkcs11/modules")
+    Path("/etc/pkcs11/modules/p11-kit-trust.module").write_text(SUSE_MODULE_CONFIG)
+
+
+@contextlib.contextmanager
+def suse_trust(base: Path, *, os_release: str = "sles-15", roots: int = 145) -> Iterator[RhelStore]:
+    """SUSE's store on the real p11-kit: /etc/pki/trust/anchors -> /var/lib/ca-certificates,
+    Go reading /etc/ssl/ca-bundle.pem. /etc/ssl becomes a tmpfs holding only that link, an
+    empty certs/ and the machine's openssl.cnf. `update_ca_trust()` runs the SUSE driver."""
+    if os.geteuid() != 0 or not in_private_mount_namespace():
+        raise LabError(f"refusing to mount a SUSE layout over this machine: {HOW_TO_RUN}")
+    base.mkdir(parents=True, exist_ok=True)
+    store = RhelStore(base=base, style="suse")
+    bin_dir = base / "sbin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("update-ca-certificates", "update-ca-trust"):  # the second: RhelStore's API
+        (bin_dir / name).write_text(SUSE_DRIVER)
+        (bin_dir / name).chmod(0o755)
+    release = base / "os-release"
+    release.write_bytes((OS_RELEASE_FIXTURES / os_release).read_bytes())
+    openssl_cnf = Path("/etc/ssl/openssl.cnf").read_bytes()
+    try:
+        for path in (
+            "/etc/pki",
+            "/usr/share/pki",
+            "/etc/pkcs11",
+            "/etc/ssl",
+            str(SUSE_BUNDLE.parent),
+        ):
+            _mount_tmpfs(store, path)
+        Path("/etc/ssl/openssl.cnf").write_bytes(openssl_cnf)
+        _bind(store, bin_dir, "/usr/local/sbin")
+        _bind(store, release, "/etc/os-release")
+        _suse_layout(roots)
+        store.extract()
+        yield store
+    finally:
+        _undo(store)

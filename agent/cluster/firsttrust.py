@@ -113,9 +113,12 @@ class FirstTrust:
     ) -> Result | None:
         c = self._c
         assert c is not None, "FirstTrust.bind(controller) first"
-        anchor = self._anchor(req)
-        if anchor is None:
+        preview = self._preview(req)
+        if preview is None or preview.anchor is None:
             return rem.install(req, pod, key)
+        anchor = preview.anchor
+        if preview.analysis is not None:  # install the very chain the record judged: no refetch
+            req = replace(req, chain=preview.analysis.chain)
         if req.pins:  # pinned, and the pin matches: rotate without a gap
             return self._install(rem, req, pod, key, anchor)
         registry = req.endpoint.key
@@ -143,7 +146,7 @@ class FirstTrust:
         self._hold(verdict, registry, seen, mode, pod, failure, key)
         return None
 
-    def _anchor(self, req: InstallRequest) -> CertInfo | None:
+    def _preview(self, req: InstallRequest) -> Result | None:
         """The anchor this node would install, when the record (or a rotation) has a say;
         None when the plain install decides: a declared CA, a dry run, a pinned registry
         not yet trusted here, or a fetch / analysis / pin check that fails (the real
@@ -156,7 +159,7 @@ class FirstTrust:
         if req.pins and req.endpoint.key not in c.engine.entries():
             return None  # the operator's pin decides, not the record
         try:
-            return c.engine.install(replace(req, dry_run=True)).anchor
+            return c.engine.install(replace(req, dry_run=True))
         except AgentError:
             return None
 

@@ -37,6 +37,8 @@ class InstallRequest:
     image: str | None = None  # the image whose pull failed: the runtime pulls it to verify
     verify: str = "auto"
     hosts_toml: str = "refuse"  # a foreign containerd hosts.toml: refuse, or append our CA
+    # a chain fetched moments ago (the first-trust preview): analyzed instead of a new fetch
+    chain: tuple[CertInfo, ...] | None = field(default=None, repr=False)
     # rotation without a gap: the previous anchor's PEM, written beside the new one in the
     # same file until the new one is verified (agent.cluster.firsttrust then drops it)
     overlap: bytes | None = None

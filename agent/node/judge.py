@@ -21,7 +21,7 @@ from agent.node.host import HostFS
 from agent.node.runtimes import socket_path
 
 if TYPE_CHECKING:
-    from agent.node.cri import RuntimeVersion
+    from agent.node.runtimes.cri import RuntimeVersion
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ Pull = Callable[[str, str, str, float], PullVerdict]
 def pull_through_api(runtime: str, socket: str, image: str, timeout: float) -> PullVerdict:
     """The real thing: CRI PullImage (containerd, CRI-O) or Engine API (dockerd)."""
     if runtime == "docker":
-        from agent.node import dockerapi
+        from agent.node.runtimes import dockerapi
 
         return dockerapi.pull(socket, image, timeout=timeout)
-    from agent.node.cri import CriClient
+    from agent.node.runtimes.cri import CriClient
 
     with CriClient(socket, timeout=timeout) as cri:
         return cri.pull(image, runtime=runtime, timeout=timeout)
@@ -43,7 +43,7 @@ def pull_through_api(runtime: str, socket: str, image: str, timeout: float) -> P
 
 def cri_version(socket: str, timeout: float = 2.0) -> RuntimeVersion | None:
     """`RuntimeService/Version` of a CRI runtime, or None when nothing answers."""
-    from agent.node.cri import CriClient
+    from agent.node.runtimes.cri import CriClient
 
     try:
         with CriClient(socket, timeout=timeout) as cri:

@@ -84,4 +84,7 @@ class Ledger:
     def _write(self, entries: dict[str, LedgerEntry]) -> None:
         doc = {"version": VERSION, "entries": {k: e.to_json() for k, e in entries.items()}}
         text = json.dumps(doc, sort_keys=True, indent=2) + "\n"
+        # Under the lock no other ledger write is under way: a temp file in the staging dir
+        # is a killed write's, and would otherwise stay forever.
+        self.fs.remove_temp_files(LEDGER_DIR)
         self.fs.write_atomic(LEDGER_PATH, text.encode("utf-8"), mode=0o600)

@@ -72,7 +72,7 @@ def test_dockerd_judges_the_install_through_its_engine_api(
 ) -> None:
     """The verification client the agent uses for docker nodes, against the real daemon:
     the same x509 refusal as `docker pull` before, a pull after, nothing in between."""
-    from agent.node import dockerapi
+    from agent.node.runtimes import dockerapi
 
     registry = netns_registry
     socket = str(lab_dockerd.layout.socket)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.cli import _parser
+from agent.cli_args import build_parser as _parser
 from agent.metrics import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,6 +142,19 @@ def test_namespaced_role_grants_exactly_the_policy_configmap_and_restart_leases(
 ) -> None:
     role = one(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
+    # safe first trust: the record ConfigMap, created (RBAC cannot name a create) and then
+    # updated by name only; checked apart, since `rules` allows one rule per resource
+    named = [r for r in role["rules"] if "resourceNames" in r or r["verbs"] == ["create"]]
+    assert named == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["ca-trust-agent-trust-record"],
+            "verbs": ["update"],
+        },
+    ]
+    role = {**role, "rules": [r for r in role["rules"] if r not in named]}
     assert rules(role) == {
         ("", "configmaps"): {"list", "watch"},
         ("coordination.k8s.io", "leases"): {"get", "list", "create", "update"},

@@ -179,7 +179,7 @@ class Installer(RuntimeVerifier):
             analysis = analyze_with_anchor(fetched, anchor, req.endpoint, now=now, pins=req.pins)
             timings["analyze"] = time.perf_counter() - t0
             return analysis, anchor
-        fetched = self._do_fetch(req, timings)
+        fetched = req.chain if req.chain is not None else self._do_fetch(req, timings)
         t0 = time.perf_counter()
         analysis = analyze(fetched, req.endpoint, now=now, pins=req.pins)
         timings["analyze"] = time.perf_counter() - t0

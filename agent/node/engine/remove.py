@@ -93,6 +93,7 @@ class Remover(Applier):
         their original bytes back. A file already back to its original (a crash before the
         edit), or from which someone took our line out, is left as it is. A file changed by
         someone else while still naming our CA is reported and nothing is touched."""
+        p.check_ours(entry)  # a tampered ledger names no file we may read or restore
         keep = []
         for edit in entry.edits:
             now = self.fs.read_bytes(edit.path)

@@ -6,8 +6,10 @@ machine's trust store is never changed, even if the test dies halfway. It drives
 pieces the engine uses: SystemStore for the placement, HostFS(root="/") for the write and the
 removal, DirectRunner for the refresh.
 
-RHEL's `update-ca-trust` does not exist here: the RHEL/EulerOS, SUSE and Alpine cycles run on a
-host-root temp tree with a RecordingRunner that checks the exact commands.
+The RHEL/EulerOS store runs on the real p11-kit in test_rhel_trust.py; the layouts of all
+families, SUSE's and Alpine's only, run here on a host-root temp tree with a RecordingRunner
+that checks the exact commands. The namespace hides /etc/ca-certificates/update.d hooks (see
+lab/sandbox.py).
 """
 
 from __future__ import annotations

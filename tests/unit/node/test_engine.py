@@ -19,6 +19,7 @@ import pytest
 from agent.core.errors import (
     ApplyError,
     InputError,
+    LedgerError,
     RuntimeRestartError,
     StoreError,
     TrustError,
@@ -505,3 +506,63 @@ def test_verify_runtime_needs_an_image_and_reports_a_silent_runtime(node: Node) 
     assert pulls.calls == []
     assert result.verification == "tls"
     assert "no container runtime socket answers" in result.verified_by
+
+
+# --- hostsToml: append — the one file of others the agent may change, and give back --------
+
+
+HOSTS_TOML = "/etc/containerd/certs.d/registry.test:5443/hosts.toml"
+THEIRS = (
+    b'server = "https://registry.test:5443"\n'
+    b'[host."https://registry.test:5443"]\n  capabilities = ["pull"]\n'
+)
+
+
+def with_hosts_toml(node: Node) -> Path:
+    path = node.root / HOSTS_TOML.lstrip("/")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(THEIRS)
+    return path
+
+
+def test_append_names_our_file_in_their_hosts_toml_and_the_ledger_keeps_the_original(
+    node: Node,
+) -> None:
+    path = with_hosts_toml(node)
+    with pytest.raises(StoreError, match=r"hosts\.toml exists"):
+        node.engine().install(InstallRequest(REG, scope="registry"))
+    assert path.read_bytes() == THEIRS
+
+    node.engine().install(InstallRequest(REG, scope="registry", hosts_toml="append"))
+    assert f'ca = ["{OUR_FILE}"]'.encode() in path.read_bytes()
+    entry = node.engine().entries()[REG.key]
+    assert [(e.path, e.original) for e in entry.edits] == [(HOSTS_TOML, THEIRS)]
+
+    again = node.engine().install(InstallRequest(REG, scope="registry", hosts_toml="append"))
+    assert again.status == "unchanged"  # the edit is recognised as ours, not doubled
+
+    node.engine().remove(REG)
+    assert path.read_bytes() == THEIRS
+    assert OUR_FILE not in node.files()
+
+
+def test_a_failed_install_gives_their_hosts_toml_back(node: Node) -> None:
+    path = with_hosts_toml(node)
+    node.verify_fails = True
+    with pytest.raises(ApplyError):
+        node.engine().install(InstallRequest(REG, scope="registry", hosts_toml="append"))
+    assert path.read_bytes() == THEIRS
+    assert REG.key not in node.engine().entries()
+
+
+def test_a_ledger_edit_outside_a_hosts_toml_beside_our_file_is_refused(node: Node) -> None:
+    """A tampered ledger must not make remove overwrite an arbitrary file."""
+    path = with_hosts_toml(node)
+    node.engine().install(InstallRequest(REG, scope="registry", hosts_toml="append"))
+    ledger_path = node.root / "var/lib/ca-trust-agent/ledger.json"
+    doc = json.loads(ledger_path.read_text())
+    doc["entries"][REG.key]["edits"][0]["path"] = "/etc/passwd"
+    ledger_path.write_text(json.dumps(doc))
+    with pytest.raises(LedgerError, match="never writes"):
+        node.engine().remove(REG)
+    assert f'ca = ["{OUR_FILE}"]'.encode() in path.read_bytes()

@@ -27,6 +27,7 @@ on this machine (/etc/pki, /usr/share/pki, /etc/pkcs11) are created and removed 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -98,6 +99,7 @@ class RhelStore:
     style: str
     mounts: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    lock_fd: int | None = None  # shared flock on /etc while our mountpoints are in use
 
     def update_ca_trust(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -124,6 +126,15 @@ def _run(*argv: str) -> None:
         raise LabError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
+def _share_mountpoints(store: RhelStore) -> None:
+    """Mountpoints we create (/etc/pki, ...) live on the machine's real file system, which
+    every mount namespace shares: another test run's rmdir of /etc/pki would detach our
+    tmpfs from it (Linux allows removing a mountpoint of another namespace). Every user holds
+    a shared flock on /etc's inode; only the last one, alone, removes them."""
+    store.lock_fd = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(store.lock_fd, fcntl.LOCK_SH)
+
+
 def _mount_tmpfs(store: RhelStore, path: str) -> None:
     if not os.path.lexists(path):
         os.makedirs(path)
@@ -141,9 +152,18 @@ def _undo(store: RhelStore) -> None:
     for path in reversed(store.mounts):
         if subprocess.run(["umount", path], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", path], capture_output=True, check=False)
-    for path in reversed(store.created):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+    if store.lock_fd is None:
+        return
+    try:
+        fcntl.flock(store.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # another run still uses the mountpoints: the last one removes them
+    else:
+        for path in reversed(store.created):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+    finally:
+        os.close(store.lock_fd)
 
 
 def _layout(store: RhelStore, roots: int) -> None:
@@ -184,6 +204,7 @@ def rhel_trust(
     release = base / "os-release"
     release.write_bytes((OS_RELEASE_FIXTURES / os_release).read_bytes())
     try:
+        _share_mountpoints(store)
         for path in ("/etc/pki", "/usr/share/pki", "/etc/pkcs11", "/etc/ssl/certs"):
             _mount_tmpfs(store, path)
         _bind(store, bin_dir, "/usr/local/sbin")
@@ -243,6 +264,7 @@ def suse_trust(base: Path, *, os_release: str = "sles-15", roots: int = 145) -> 
     release.write_bytes((OS_RELEASE_FIXTURES / os_release).read_bytes())
     openssl_cnf = Path("/etc/ssl/openssl.cnf").read_bytes()
     try:
+        _share_mountpoints(store)
         for path in (
             "/etc/pki",
             "/usr/share/pki",

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 STATES = ("installing", "installed", "removing")
+_OPTIONAL = ("edits", "previous", "restore")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class LedgerEntry:
     restarted: tuple[str, ...]
     source: str  # "fetched" | "ca-file" | "policy"
     edits: tuple[FileEdit, ...] = ()  # files of others we changed (hostsToml: append)
+    # Only on an "installing" intent that replaces an installed entry (a rotation, a new
+    # anchor): that entry, and the bytes our files held under it, so a crash half-way
+    # recovers to the old trust instead of to none.
+    previous: LedgerEntry | None = None
+    restore: tuple[FileEdit, ...] = ()
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -68,9 +74,15 @@ class LedgerEntry:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["edits"]
-        if self.edits:  # written only when used: ledgers without edits keep their shape
+        for optional in _OPTIONAL:
+            del data[optional]
+        # written only when used: ledgers without them keep their shape
+        if self.edits:
             data["edits"] = [e.to_json() for e in self.edits]
+        if self.previous is not None:
+            data["previous"] = self.previous.to_json()
+        if self.restore:
+            data["restore"] = [e.to_json() for e in self.restore]
         return data
 
     @classmethod
@@ -78,9 +90,13 @@ class LedgerEntry:
         """Strictly typed: a ledger we cannot fully understand must not drive deletions."""
         if not isinstance(data, dict):
             raise ValueError("entry is not an object")
-        expected = {f.name for f in fields(cls)} - {"edits"}
+        expected = {f.name for f in fields(cls)} - set(_OPTIONAL)
         edits = tuple(FileEdit.from_json(e) for e in _list(data.get("edits", []), "edits"))
-        data = {k: v for k, v in data.items() if k != "edits"}
+        restore = tuple(FileEdit.from_json(e) for e in _list(data.get("restore", []), "restore"))
+        previous = cls.from_json(data["previous"]) if "previous" in data else None
+        if previous is not None and (previous.previous is not None or previous.restore):
+            raise ValueError("a previous entry nests another one")
+        data = {k: v for k, v in data.items() if k not in _OPTIONAL}
         if set(data) != expected:
             missing, extra = expected - set(data), set(data) - expected
             raise ValueError(f"fields missing {sorted(missing)} / unknown {sorted(extra)}")
@@ -95,7 +111,7 @@ class LedgerEntry:
                 values[name] = value
             else:
                 raise ValueError(f"{name} is not a string")
-        return cls(**values, edits=edits)
+        return cls(**values, edits=edits, previous=previous, restore=restore)
 
 
 def _list(value: Any, name: str) -> list[Any]:

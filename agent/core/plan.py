@@ -194,6 +194,7 @@ def plan_install(
         dirs=dirs,
         edits=(*edits, *stale_edits),  # every original an interrupted run may need back
     )
+    intent = _with_way_back(intent, previous, placements, disk)
     actions: list[Action] = [RecordLedger(intent)]
     actions += [MakeDir(d) for d in created]
     for p in placements:
@@ -224,6 +225,46 @@ def plan_install(
     return tuple(actions)
 
 
+def _with_way_back(
+    intent: LedgerEntry,
+    previous: LedgerEntry | None,
+    placements: Sequence[Placement],
+    disk: DiskState,
+) -> LedgerEntry:
+    """`intent` plus what a crash recovery needs to put an installed entry back: the entry
+    itself and the bytes each of its files holds now (a rotation's old anchor must survive)."""
+    if previous is None or previous.state != "installed":
+        return intent
+    new = {p.file: p.content for p in placements}
+    restore = tuple(
+        FileEdit(path, data, new.get(path, b""))
+        for path in previous.files
+        if (data := disk.files.get(path)) is not None
+    )
+    return replace(intent, previous=replace(previous, previous=None, restore=()), restore=restore)
+
+
+def plan_restore(entry: LedgerEntry) -> tuple[Action, ...]:
+    """After a crash inside an install that replaced `entry.previous`: give our files back
+    the bytes they held, drop what only the interrupted install created, refresh, and
+    record the previous entry again. Idempotent: a crash inside it is recovered the same."""
+    check_ours(entry)
+    previous = entry.previous
+    assert previous is not None
+    kept = set(previous.files)
+    actions: list[Action] = [WriteFile(e.path, e.original) for e in entry.restore]
+    actions += [RemoveFile(f) for f in entry.files if f not in kept]
+    actions += [
+        RemoveDir(d) for d in sorted(entry.dirs, key=len, reverse=True) if d not in previous.dirs
+    ]
+    had = {e.path: e.edited for e in previous.edits}  # a hosts.toml goes back to how it was
+    actions += [WriteFile(e.path, had.get(e.path, e.original)) for e in entry.edits]
+    refreshes = [tuple(r) for r in (*previous.refresh, *entry.refresh)]
+    actions += [Refresh(r) for r in _unique_refreshes(refreshes)]
+    actions.append(RecordLedger(previous))
+    return tuple(actions)
+
+
 def check_ours(entry: LedgerEntry) -> None:
     """Refuse an entry that names paths we can never have written (a tampered ledger).
 
@@ -234,6 +275,7 @@ def check_ours(entry: LedgerEntry) -> None:
     files = [f for f in entry.files if _our_file(f)]
     bad += [d for d in entry.dirs if not _holds_any(d, files) or ".." in d.split("/")]
     bad += [e.path for e in entry.edits if not _our_edit(e.path, files)]
+    bad += [e.path for e in entry.restore if e.path not in files]
     if bad:
         raise LedgerError(
             f"ledger entry {entry.endpoint} names paths ca-trust-agent never writes: "

@@ -80,7 +80,11 @@ class Remover(Applier):
         for key, entry in sorted(self.entries().items()):
             if entry.state in ("installing", "removing"):
                 try:
-                    converge = p.plan_remove(self._edits_to_restore(entry), restart_runtimes=())
+                    if entry.state == "installing" and entry.previous is not None:
+                        # an install over an installed entry (a rotation): back to that
+                        converge = p.plan_restore(entry)
+                    else:
+                        converge = p.plan_remove(self._edits_to_restore(entry), restart_runtimes=())
                     self._apply(converge, {}, undo=None)
                 except AgentError as exc:  # one bad entry must not block the others
                     log.warning("cannot converge ledger entry %s: %s", key, exc)

@@ -12,6 +12,7 @@ Root in a private mount namespace only (see tests/e2e/conftest.py); elsewhere sk
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from agent.core.hostport import parse_hostport
 from agent.node.chain import verify_handshake
 from agent.node.engine import Engine, InstallRequest
 from agent.node.host import STAGING_DIR, DirectRunner, HostFS
+from agent.node.ledger import Ledger
 from agent.node.stores.bundle import bundle_digests
 from lab import pki
 from lab.rhel import ANCHORS, CA_BUNDLE_LINK, EXTRACTED, TLS_BUNDLE, RhelStore, rhel_trust
@@ -40,8 +42,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 @pytest.fixture(params=["el", "fedora"])
 def rhel(request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path) -> Iterator[RhelStore]:
-    with rhel_trust(tmp_path / "rhel", style=request.param) as store:
+    with rhel_trust(tmp_path / "rhel", style=request.param) as store, forgetting_new_entries():
         yield store
+
+
+@contextlib.contextmanager
+def forgetting_new_entries() -> Iterator[None]:
+    """The sandbox's ledger is shared by the session: entries a test leaves (a removal that
+    failed on purpose) go with it; their files went with the RHEL tmpfs."""
+    ledger = Ledger(HostFS("/"))
+    before = set(ledger.entries())
+    try:
+        yield
+    finally:
+        for key in set(ledger.entries()) - before:
+            ledger.delete(key)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from lab.rhel import SUSE_ANCHORS, SUSE_BUNDLE_LINK, RhelStore, suse_trust
 from lab.sandbox import Sandbox
 from lab.tlsserver import TLSServer
 from tests.e2e.conftest import sandbox
+from tests.integration.node.test_rhel_trust import forgetting_new_entries
 
 __all__ = ["sandbox"]
 
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 @pytest.fixture(params=["sles-15", "opensuse-leap-15.6"])
 def suse(request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path) -> Iterator[RhelStore]:
-    with suse_trust(tmp_path / "suse", os_release=request.param) as store:
+    with suse_trust(tmp_path / "suse", os_release=request.param) as store, forgetting_new_entries():
         yield store
 
 

@@ -52,6 +52,7 @@ from agent.node.stores import file_name, safe
 from agent.node.stores.registry import registry_store
 from agent.node.stores.system import LAYOUTS, parse_os_release, system_store
 from lab import pki
+from lab.doubles import RecordingRunner as BundleRebuildingRunner
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 PROFILE = "ca-trust-agent-fuzz"
@@ -769,6 +770,8 @@ PRESET = {
     b'config_path = "/etc/containerd/certs.d"\n',
     "etc/os-release": b"ID=debian\n",
     "usr/local/share/ca-certificates/.keep": b"",
+    # the bundle the real tool rebuilds: the engine reads it back after every refresh
+    "etc/ssl/certs/ca-certificates.crt": b"",
 }
 
 
@@ -821,7 +824,7 @@ def test_engine_install_and_remove_touch_only_the_agents_own_trees(
     tmp, fs = host_tree(dict(PRESET))
     with tmp:
         before = everything_under(tmp.name)
-        engine = Engine(fs, RecordingRunner(), runtimes=("containerd",))
+        engine = Engine(fs, BundleRebuildingRunner(tmp.name), runtimes=("containerd",))
         req = InstallRequest(
             endpoint=endpoint,
             registry=registry,

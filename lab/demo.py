@@ -148,8 +148,8 @@ def _scenarios(containerd: Containerd, image: str, target: str, timeline: Timeli
     _agent(["fetch", target])
     timeline.step("ca-trust-agent fetch", "anchor = the intermediate (the root was not sent)")
 
-    print("\n--- registry scope: certs.d/<registry>/, no restart")
-    out = _agent(["install", target, "--scope", "registry"])
+    print("\n--- registry scope: certs.d/<registry>/, no restart; containerd itself judges it")
+    out = _agent(["install", target, "--scope", "registry", "--image", image])
     timeline.step("ca-trust-agent install --scope registry", f"exit {out.returncode}")
     pid = containerd.pid
     _pull(containerd, image, timeline, expect_ok=True)
@@ -160,7 +160,7 @@ def _scenarios(containerd: Containerd, image: str, target: str, timeline: Timeli
     _pull(containerd, image, timeline, expect_ok=False)
 
     print("\n--- system scope: the OS store + update-ca-certificates + containerd restart")
-    out = _agent(["install", target, "--scope", "system"], env=restart_env)
+    out = _agent(["install", target, "--scope", "system", "--image", image], env=restart_env)
     timeline.step("ca-trust-agent install --scope system", f"exit {out.returncode}")
     new_pid = containerd.pid
     timeline.step("containerd restarted by the agent's runtime layer", f"pid {pid} -> {new_pid}")

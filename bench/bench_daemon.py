@@ -53,7 +53,13 @@ from agent.node.engine import Engine  # noqa: E402
 from agent.node.host import DirectRunner, HostFS  # noqa: E402
 from bench import Row, max_overlap, mib, percentile  # noqa: E402
 from lab import fakeapi  # noqa: E402
-from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod  # noqa: E402
+from lab.fakeapi import (  # noqa: E402
+    FakeApiServer,
+    make_configmap,
+    make_node,
+    make_pod,
+    write_kubeconfig,
+)
 from lab.hostroot import node_root  # noqa: E402
 from lab.pki import make_pki  # noqa: E402
 from lab.procs import free_port, wait_for  # noqa: E402
@@ -137,21 +143,6 @@ def kube_client(url: str, user_agent: str) -> KubeClient:
 def agent_user_agent(node: str) -> str:
     """What `ca-trust-agent run` sends (daemon.run): the fake counts bytes by it."""
     return f"ca-trust-agent/{__version__} ({node})"
-
-
-def write_kubeconfig(path: Path, url: str) -> Path:
-    cluster = {"name": "fake", "cluster": {"server": url}}
-    context = {"name": "fake", "context": {"cluster": "fake", "user": "fake"}}
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "fake",
-        "clusters": [cluster],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [context],
-    }
-    path.write_text(json.dumps(config))
-    return path
 
 
 class _NoDelayHandler(fakeapi._Handler):

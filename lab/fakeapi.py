@@ -51,6 +51,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -442,6 +443,23 @@ class _Refusal:
 
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as apiserver's generateName
 
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    """A kubeconfig pointing at a fake API server (no credentials: the fake needs none), for
+    `ca-trust-agent run --kubeconfig`, kubectl and helm."""
+    cluster = {"name": "fake", "cluster": {"server": url}}
+    context = {"name": "fake", "context": {"cluster": "fake", "user": "fake"}}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "fake",
+        "clusters": [cluster],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [context],
+    }
+    path.write_text(json.dumps(config))
+    return path
 
 class FakeApiServer:
     """In-memory apiserver on 127.0.0.1:<ephemeral>. Use as a context manager."""

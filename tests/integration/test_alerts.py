@@ -23,7 +23,7 @@ from lab import pki
 from lab.doubles import node as node_object
 from lab.doubles import policy as policy_configmap
 from lab.doubles import wait_until
-from lab.fakeapi import FakeApiServer
+from lab.fakeapi import FakeApiServer, write_kubeconfig
 from lab.hostroot import node_root
 from lab.procs import clean_env, free_port
 
@@ -85,22 +85,6 @@ def test_every_metric_an_alert_uses_is_exported_by_the_agent() -> None:
 # --- a real Prometheus, a real agent ---------------------------------------------------
 
 
-def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": url}}],
-                "users": [{"name": "fake", "user": {}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-            }
-        )
-    )
-    return path
-
-
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our http URLs
         return str(response.read().decode())
@@ -134,7 +118,7 @@ def agent(tmp_path: Path) -> Iterator[int]:
                 "--metrics-address",
                 f"127.0.0.1:{port}",
                 "--kubeconfig",
-                str(_kubeconfig(tmp_path / "kubeconfig", api.url)),
+                str(write_kubeconfig(tmp_path / "kubeconfig", api.url)),
             ],
             env={**clean_env({"NODE_NAME": NODE, "PYTHONPATH": str(ROOT)})},
             cwd=ROOT,

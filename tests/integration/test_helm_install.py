@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.fakeapi import FakeApiServer
+from lab.fakeapi import FakeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ def test_a_client_dry_run_install_renders_the_template_and_writes_nothing(tmp_pa
         pytest.fail("helm is missing: scripts/bootstrap fetches it (scripts/fetch-helm)")
     with FakeApiServer() as api:
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "fake",
-                    "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-                    "users": [{"name": "fake", "user": {}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                }
-            )
-        )
+        write_kubeconfig(kubeconfig, api.url)
         args = [str(CHART), "-n", "ca-trust-agent", "-f", str(CHART / "ci/ca-sources-values.yaml")]
         installed = subprocess.run(
             [

@@ -31,7 +31,7 @@ from lab import pki
 from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, wait_until
 from lab.doubles import node as node_object
 from lab.doubles import policy as policy_configmap
-from lab.fakeapi import FakeApiServer
+from lab.fakeapi import FakeApiServer, write_kubeconfig
 from lab.hostroot import node_root
 from lab.tlsserver import TLSServer
 
@@ -251,27 +251,11 @@ def test_dry_run_reports_and_writes_nothing(cluster: Cluster) -> None:
         agent.join()
 
 
-def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": url}}],
-                "users": [{"name": "fake", "user": {}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-            }
-        )
-    )
-    return path
-
-
 def test_the_run_command_serves_probes_and_exits_cleanly_on_sigterm(cluster: Cluster) -> None:
     from lab.procs import free_port
 
     port = free_port()
-    kubeconfig = _kubeconfig(cluster.tmp / "kubeconfig", cluster.api.url)
+    kubeconfig = write_kubeconfig(cluster.tmp / "kubeconfig", cluster.api.url)
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -25,7 +25,7 @@ from lab import pki
 from lab.doubles import failing_pod, wait_until
 from lab.doubles import node as node_object
 from lab.doubles import policy as policy_configmap
-from lab.fakeapi import FakeApiServer
+from lab.fakeapi import FakeApiServer, write_kubeconfig
 from lab.hostroot import node_root
 from lab.procs import free_port
 from lab.tlsserver import TLSServer
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.integration
 NS = "ca-trust-agent"
 NODE = "node-a"
 RS = {"kind": "ReplicaSet", "name": "web-7d9f", "uid": "rs-web"}
-
-
-def kubeconfig(path: Path, url: str) -> Path:
-    cluster = {"name": "fake", "cluster": {"server": url}}
-    context = {"name": "fake", "context": {"cluster": "fake", "user": "fake"}}
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [cluster], "users": [{"name": "fake", "user": {}}], "contexts": [context],
-    }))
-    return path
 
 
 def agent_argv(root: Path, config: Path, port: int) -> list[str]:
@@ -81,7 +71,7 @@ def story(tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
         api.put_object(node_object(NODE))
         api.put_object(policy_configmap('recyclePods: true\nregistries:\n  - host: "127.0.0.1"\n'))
         proc = subprocess.Popen(
-            agent_argv(root, kubeconfig(tmp_path / "kubeconfig", api.url), port),
+            agent_argv(root, write_kubeconfig(tmp_path / "kubeconfig", api.url), port),
             env={**os.environ, "NODE_NAME": NODE},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
@@ -151,7 +141,7 @@ def test_every_line_carries_time_level_and_logger(story: list[dict[str, Any]]) -
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with FakeApiServer() as api, TLSServer(*_throwaway_chain(tmp_path)) as busy:
-        argv = agent_argv(tmp_path, kubeconfig(tmp_path / "kc", api.url), busy.port)
+        argv = agent_argv(tmp_path, write_kubeconfig(tmp_path / "kc", api.url), busy.port)
         done = subprocess.run(
             argv, env={**os.environ, "NODE_NAME": NODE}, capture_output=True, text=True,
             timeout=60, check=False,

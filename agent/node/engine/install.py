@@ -22,7 +22,13 @@ from agent.core.system_anchor import system_anchor_refusal
 from agent.node.engine.apply import Undo
 from agent.node.engine.base import iso
 from agent.node.engine.verify import RuntimeVerifier
-from agent.node.stores import Placement, check_placement, registry_store, system_store
+from agent.node.stores import (
+    Placement,
+    RegistryStore,
+    check_placement,
+    registry_store,
+    system_store,
+)
 
 if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the idle daemon
     from agent.core.trust import Analysis, CertInfo
@@ -211,34 +217,31 @@ class Installer(RuntimeVerifier):
         kept = parse_pem_bundle(req.overlap) if req.overlap else ()
         content = pem_bundle([anchor, *kept])
         scope, reason = req.scope, ""
+        stores: list[RegistryStore] = []
         if scope == "auto":
-            refusal = self._registry_scope_refusal()
-            scope, reason = ("registry", "") if refusal is None else ("system", refusal)
+            try:
+                stores, scope = self._registry_stores(), "registry"
+            except StoreError as exc:
+                scope, reason = "system", str(exc)
         if scope == "system":
             store = system_store(self.fs)
             refusal = system_anchor_refusal(anchor, store.family)
             if refusal is not None:  # p11-kit would drop it: fail before writing anything
                 raise StoreError(refusal + (f" ({reason})" if reason else ""), kind="not-a-ca")
             return scope, [store.placement(req.endpoint, content, registry)], reason
+        stores = stores or self._registry_stores()
+        return scope, [s.placement(req.endpoint, content, registry) for s in stores], reason
+
+    def _registry_stores(self) -> list[RegistryStore]:
+        """Every runtime's per-registry store (each config read once), or StoreError saying
+        why registry scope is not available: the reason `auto` reports for system scope."""
         if not self.runtimes:
             raise StoreError(
                 "registry scope needs a container runtime, and none was found under the host root "
                 f"{self.fs.root} (looked for containerd, docker and CRI-O); pass --runtime",
                 kind="unavailable",
             )
-        stores = [registry_store(self.fs, rt, major=self.judge.major(rt)) for rt in self.runtimes]
-        return scope, [s.placement(req.endpoint, content, registry) for s in stores], reason
-
-    def _registry_scope_refusal(self) -> str | None:
-        """None when every runtime reads a per-registry directory, else why not."""
-        if not self.runtimes:
-            return "no container runtime found for registry scope"
-        for rt in self.runtimes:
-            try:
-                registry_store(self.fs, rt, major=self.judge.major(rt))
-            except StoreError as exc:
-                return str(exc)
-        return None
+        return [registry_store(self.fs, rt, major=self.judge.major(rt)) for rt in self.runtimes]
 
     def _restart_required(self, req: InstallRequest, placements: Sequence[Placement]) -> list[str]:
         if not any(pl.needs_restart for pl in placements) or req.restart == "auto":

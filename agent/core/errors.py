@@ -75,3 +75,12 @@ class LedgerError(AgentError):
     not-found."""
 
     exit_code = 9
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator: our errors say what they mean; anything else is named by
+    its type, so "ModuleNotFoundError: No module named 'grpc'" is what the Event says."""
+    if isinstance(exc, AgentError):
+        return str(exc)
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

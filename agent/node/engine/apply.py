@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from agent.core import plan as p
-from agent.core.errors import AgentError, ApplyError, RuntimeRestartError
+from agent.core.errors import AgentError, ApplyError, RuntimeRestartError, describe_failure
 from agent.core.hostport import HostPort
 from agent.core.ledger_entry import LedgerEntry
 from agent.node import failpoints
@@ -21,10 +21,15 @@ from agent.node.engine.base import EngineBase, log
 
 @dataclass(frozen=True)
 class Undo:
-    """What a failed install restores: the previous ledger entry and the old file bytes."""
+    """What a failed install restores: the previous ledger entry and the old file bytes.
+
+    `pending` is the "installed" ledger record held back while the runtime judges the
+    install: until it is written the ledger says "installing", so a crash during the
+    verification leaves an intent that the next start undoes, never unverified trust."""
 
     previous: LedgerEntry | None
     files: dict[str, bytes | None]
+    pending: LedgerEntry | None = None
 
 
 class Applier(EngineBase):
@@ -64,11 +69,12 @@ class Applier(EngineBase):
                 self._run(action, timings)
                 if isinstance(action, p.Refresh) and recorded is not None:
                     self._check_refreshed(recorded, action.argv)
-            except AgentError as exc:
+            except Exception as exc:  # any failure, not only ours: nothing half-written stays
                 if undo is not None and intent is not None:
                     self._rollback(intent, done, undo)
                     raise ApplyError(
-                        f"{exc} — everything written was rolled back", kind=_apply_kind(action)
+                        f"{describe_failure(exc)} — everything written was rolled back",
+                        kind=_apply_kind(action),
                     ) from exc
                 raise
             failpoints.hit(f"apply:after:{type(action).__name__}")
@@ -90,6 +96,9 @@ class Applier(EngineBase):
             case p.WriteFile(path, content, mode):
                 with self._timed(timings, "write"):
                     self.fs.write_atomic(path, content, mode)
+                # a write killed in an earlier run may have left its temp file (and the
+                # staging dir) beside ours: an anchors dir must hold complete files only
+                self.fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
             case p.RemoveFile(path):
                 self.fs.remove_file(path)
                 # a write killed half-way may have left its temp file beside ours

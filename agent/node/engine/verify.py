@@ -12,9 +12,10 @@ import contextlib
 from dataclasses import replace
 
 from agent.core import plan as p
-from agent.core.errors import AgentError, ApplyError
+from agent.core.errors import AgentError, ApplyError, describe_failure
 from agent.core.pull_verdict import INCONCLUSIVE, regarding
 from agent.core.remediation import InstallRequest, Result
+from agent.node import failpoints
 from agent.node.engine.apply import Undo
 from agent.node.engine.base import log
 from agent.node.engine.remove import Remover
@@ -23,30 +24,49 @@ from agent.node.engine.remove import Remover
 class RuntimeVerifier(Remover):
     """The runtime's verdict on a finished install, and the undo when it refuses."""
 
-    def _verification_wanted(self, req: InstallRequest, result: Result) -> bool:
-        if result.status not in ("installed", "unchanged") or req.verify == "tls":
+    def _runtime_verdict_expected(self, req: InstallRequest) -> bool:
+        """Whether a runtime will be asked to pull after this request's writes."""
+        if req.verify == "tls":
             return False
         if req.verify == "runtime":
             return True  # asked for: a runtime that cannot answer is reported, not skipped
         return bool(req.image) and bool(self.judge.answering(self.runtimes))
+
+    def _verification_wanted(self, req: InstallRequest, result: Result) -> bool:
+        return result.status in ("installed", "unchanged") and self._runtime_verdict_expected(req)
 
     def _judged(
         self, req: InstallRequest, result: Result, undo: Undo | None
     ) -> tuple[Result, str | None]:
         """`result` with the verification that ran, and a reason to try system scope next
         when the runtime refused registry scope and the request allows that (the install
-        is rolled back by then). Raises ApplyError when nothing else is allowed."""
+        is rolled back by then). Raises ApplyError when nothing else is allowed, and when
+        the verification itself breaks: what was written is rolled back first."""
         base = "none" if result.analysis is None else "tls"
         if not self._verification_wanted(req, result):
+            self._commit(undo)
             return replace(result, verification=base if result.status == "installed" else ""), None
         assert req.image is not None
-        with self._timed(result.timings, "runtime-verify"):
-            verdict = self.judge.judge(self.judge.answering(self.runtimes), req.image, req.timeout)
+        try:
+            failpoints.hit("verify:runtime")
+            with self._timed(result.timings, "runtime-verify"):
+                verdict = self.judge.judge(
+                    self.judge.answering(self.runtimes), req.image, req.timeout
+                )
+        except Exception as exc:  # a verifier that breaks must not leave unverified trust
+            self._revert_unverified(req, result, undo)
+            raise ApplyError(
+                f"verifying {req.endpoint.key} through the container runtime failed "
+                f"({describe_failure(exc)}); {_undone(result)}",
+                kind="verify-failed",
+            ) from exc
         verdict = regarding(verdict, req.endpoint)  # x509 on a CDN or token host is not ours
         if verdict.verified:
+            self._commit(undo)
             return replace(result, verified=True, verification="runtime", verdict=verdict), None
         if verdict.kind == INCONCLUSIVE:
             log.warning("no runtime verdict, keeping the TLS check: %s", verdict.describe())
+            self._commit(undo)
             return replace(result, verification=base, verdict=verdict), None
         self._revert(req, result, undo)
         found = self._findings(result)
@@ -58,6 +78,25 @@ class RuntimeVerifier(Remover):
             f"{result.endpoint.key} ({found}); everything written was rolled back",
             kind="runtime-rejected",
         )
+
+    def _commit(self, undo: Undo | None) -> None:
+        """The runtime accepted (or could not be asked): record the install as done."""
+        if undo is not None and undo.pending is not None:
+            self.ledger.put(undo.pending)
+
+    def _revert_unverified(self, req: InstallRequest, result: Result, undo: Undo | None) -> None:
+        """Undo this run's writes after a broken verification. An install that wrote
+        nothing this time ("unchanged": verified when it was written) is left as it is."""
+        if result.status != "installed":
+            return
+        try:
+            self._revert(req, result, undo)
+        except AgentError as exc:
+            raise ApplyError(
+                f"verifying {req.endpoint.key} failed and the rollback failed too ({exc}); "
+                "the ledger keeps the install as unfinished and the next start undoes it",
+                kind="verify-failed",
+            ) from exc
 
     def _findings(self, result: Result) -> str:
         """What an operator needs to see why the runtime ignored the file."""
@@ -92,3 +131,9 @@ class RuntimeVerifier(Remover):
         for runtime in result.restarted:
             with contextlib.suppress(AgentError), self._gate(runtime):
                 self.manager.restart(runtime)
+
+
+def _undone(result: Result) -> str:
+    if result.status == "installed":
+        return "everything written was rolled back"
+    return "nothing was written by this attempt, the earlier install is unchanged"

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.cli_args import build_parser
-from agent.core.errors import AgentError, InputError
+from agent.core.errors import AgentError, InputError, describe_failure
 from agent.status import run as status_run
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or a broken install: one line, never a traceback
+        logging.getLogger("agent.cli").debug("unexpected error", exc_info=exc)
+
+        _error(args, AgentError(f"unexpected error: {describe_failure(exc)}", kind="internal"))
+        return AgentError.exit_code
 
 
 def _error(args: argparse.Namespace, exc: AgentError) -> None:

@@ -7,6 +7,7 @@ ledger says; bad input ends with a clear message and its documented exit code.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,3 +162,31 @@ def test_help_lists_the_exit_codes() -> None:
         [sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, check=False
     )
     assert "exit codes:" in out.stdout and "rolled back" in out.stdout
+
+
+def test_a_verification_that_breaks_is_exit_7_in_one_line_and_leaves_nothing(
+    setup: Setup,
+) -> None:
+    """The shipped failure, reproduced: the CRI client's grpc cannot be imported. The CA
+    that was written is taken out again, the ledger holds nothing, and the operator reads
+    one line naming what broke instead of a traceback."""
+    sock = setup.root / "run/containerd/containerd.sock"
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as s:  # a runtime socket: the runtime will be asked
+        s.bind(str(sock))
+    no_grpc = "import sys; sys.modules['grpc'] = None; from agent.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", no_grpc, "install", setup.target, "--scope", "registry",
+         "--image", f"{setup.target}/lab/tiny:v1", "--host-root", str(setup.root),
+         "--runtime", "containerd", "--runner", "direct"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ca-trust-agent: "), proc.stderr
+    assert "grpc" in lines[0] and "rolled back" in lines[0]
+    assert not (setup.root / f"etc/containerd/certs.d/{setup.target}").exists() or not any(
+        (setup.root / f"etc/containerd/certs.d/{setup.target}").iterdir()
+    )
+    assert json.loads(setup.cli("list", "--json", "--host-root", str(setup.root)).stdout) == []

@@ -129,6 +129,16 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        # a step that raised where no failure was expected (a bug, a broken dependency):
+        # the item is retried with back-off and a CATrustFailed Event says so
+        self.work_failures = Counter(
+            "work_item_failures",
+            "Work items (failure, sync, reconcile, repair, ...) that raised unexpectedly; "
+            "each is retried with back-off.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.pods_recycled = Counter(
             "pods_recycled",
             "Failing pods handled by recyclePods after a fix, by result (evicted, refused, "
@@ -173,6 +183,9 @@ class Metrics:
 
     def record_pod_recycled(self, result: str) -> None:
         self.pods_recycled.labels(result=result).inc()
+
+    def record_work_failure(self, kind: str) -> None:
+        self.work_failures.labels(kind=kind).inc()
 
     def record_trust_conflict(self, registry: str) -> None:
         self.trust_conflicts.labels(registry=registry).inc()

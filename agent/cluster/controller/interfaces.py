@@ -37,6 +37,8 @@ class Metrics(Protocol):
 
     def set_trusted(self, not_after: Mapping[str, datetime]) -> None: ...
 
+    def record_work_failure(self, kind: str) -> None: ...
+
 
 class PodRecycler(Protocol):
     """recyclePods (agent.cluster.evict.Recycler): both calls only queue work, never block."""
@@ -56,7 +58,7 @@ class PodRef:
 
 @dataclass
 class Work:
-    kind: str  # "failure" | "lookup" | "sync" | "reconcile" | "repair" | "stop"
+    kind: str  # "failure" | "retry" | "lookup" | "sync" | "reconcile" | "repair" | "stop"
     pod: PodRef | None = None
     failure: PullFailure | None = None
     image: str | None = None

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.cluster.controller.interfaces import (
+    WARNING,
     Cluster,
     Metrics,
     PodRecycler,
@@ -30,6 +31,7 @@ from agent.cluster.controller.reconcile import PolicySync
 from agent.cluster.controller.remediate import Remediation
 from agent.cluster.controller.watch import Watch
 from agent.core.detect import PullFailure
+from agent.core.errors import describe_failure
 from agent.core.flights import Flights
 from agent.core.policy import DEFAULT_POLICY, Policy, Resolved
 from agent.node.engine import Engine
@@ -115,8 +117,8 @@ class Controller:
                 return
             try:
                 self.process(item)
-            except Exception:  # the loop must survive anything one item does
-                log.exception("work item %s failed", item.kind)
+            except Exception as exc:  # the loop must survive anything one item does
+                self._failed_item(item, exc)
 
     def drain(self) -> None:
         """Process everything queued (tests and shutdown)."""
@@ -128,9 +130,36 @@ class Controller:
             if item.kind != "stop":
                 self.process(item)
 
+    def _failed_item(self, item: Work, exc: Exception) -> None:
+        """An item other than a remediation raised (those report themselves): count it,
+        say so on the Node, and queue it again after a back-off instead of dropping it."""
+        log.exception("work item %s failed", item.kind)
+        if self.metrics:
+            self.metrics.record_work_failure(item.kind)
+        if item.kind not in ("sync", "reconcile", "repair"):
+            return  # a lookup is redone by the next pod event
+        delay = self.flights.failed(f"work:{item.kind}:{item.key or ''}")
+        self.recorder.node(
+            self.node_name,
+            WARNING,
+            "CATrustFailed",
+            f"The agent's {item.kind} step failed unexpectedly ({describe_failure(exc)}); "
+            f"retrying in {delay:.0f}s",
+        )
+        self._later(delay, item)
+
     def process(self, item: Work) -> None:
         if item.kind == "failure" and item.failure is not None and item.pod is not None:
             self.handle_failure(item.pod, item.failure)
+        elif item.kind == "retry" and item.failure is not None and item.pod is not None:
+            # a retry after an unexpected failure, only while the pod still fails: its status
+            # says so, or (a failure known from its Events only) its newest Event does
+            with self._lock:
+                failing = item.pod.uid in self._failing
+            if failing:
+                self.handle_failure(item.pod, item.failure)
+            else:
+                self._watch.lookup(item.pod, item.failure.image)
         elif item.kind == "lookup" and item.pod is not None:
             self._watch.lookup(item.pod, item.image)
         elif item.kind == "sync":

@@ -16,7 +16,7 @@ from agent.cluster import oplog
 from agent.cluster.controller.interfaces import NORMAL, WARNING, PodRef, Work
 from agent.core import gate as g
 from agent.core.detect import PullFailure
-from agent.core.errors import AgentError
+from agent.core.errors import AgentError, describe_failure
 from agent.core.policy import Policy
 from agent.core.recycle import FailingPod
 from agent.node.engine import InstallRequest, Result
@@ -61,6 +61,16 @@ class Remediation:
             return
         assert verdict.endpoint is not None
         self._both(pod, WARNING, "UntrustedRegistryDetected", verdict.message)
+        try:
+            self._remediate(pod, failure, verdict, policy, key)
+        except Exception as exc:  # a bug or a broken dependency: say so, and try again later
+            self._unexpected(pod, failure, key, exc)
+
+    def _remediate(
+        self, pod: PodRef, failure: PullFailure, verdict: g.Verdict, policy: Policy, key: str
+    ) -> None:
+        c = self._c
+        assert verdict.endpoint is not None
         req = InstallRequest(
             endpoint=verdict.endpoint,
             registry=verdict.registry,
@@ -77,6 +87,24 @@ class Remediation:
             c.first_trust.remediate(self, req, pod, failure, key)
             return
         self.install(req, pod, key)
+
+    def _unexpected(self, pod: PodRef, failure: PullFailure, key: str, exc: Exception) -> None:
+        """A remediation step raised where no failure was expected. The host backs off and
+        the failure is queued again, so it is neither lost nor retried in a tight loop."""
+        c = self._c
+        log.error("remediation of %s raised", key, exc_info=exc)
+        delay = c.flights.failed(key)
+        self._both(
+            pod,
+            WARNING,
+            "CATrustFailed",
+            f"Could not trust {key}: the agent failed unexpectedly ({describe_failure(exc)}); "
+            f"nothing unverified was left in place; retrying in {delay:.0f}s",
+        )
+        if c.metrics:
+            c.metrics.record_work_failure("failure")
+            c.metrics.record_remediation("failed", 0.0)
+        c._later(delay, Work("retry", pod, failure))
 
     def _log_decision(
         self, pod: PodRef, failure: PullFailure, verdict: g.Verdict, scope: str

@@ -7,6 +7,7 @@ against the fake API server with real TLS servers).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,3 +440,90 @@ def test_pins_pick_the_registry_s_ca_out_of_a_shared_bundle(world: World) -> Non
     c.on_ca_sources({source: other.pem.decode() + wanted.pem.decode()})
     c.drain()
     assert c.engine.entries()["harbor.test:443"].sha256 == wanted.sha256
+
+
+# --- a step that raises: visible, counted, retried with back-off, never dropped ------------
+
+
+@dataclass
+class CountingMetrics:
+    work_failures: list[str] = field(default_factory=list)
+    remediations: list[str] = field(default_factory=list)
+
+    def record_remediation(self, result: str, duration_seconds: float) -> None:
+        self.remediations.append(result)
+
+    def record_runtime_restart(self, runtime: str, result: str) -> None:
+        pass
+
+    def set_trusted(self, not_after: Mapping[str, Any]) -> None:
+        pass
+
+    def record_work_failure(self, kind: str) -> None:
+        self.work_failures.append(kind)
+
+
+def test_a_remediation_that_raises_is_reported_counted_and_retried(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = world.controller
+    metrics = CountingMetrics()
+    c.metrics = metrics
+    c.flights.base = 0.05  # the back-off, shortened for the test
+    real_install = c.engine.install
+    second = threading.Event()
+    calls: list[int] = []
+
+    def install_breaking_once(req: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ModuleNotFoundError("No module named 'grpc'")
+        second.set()
+        return real_install(req)
+
+    monkeypatch.setattr(c.engine, "install", install_breaking_once)
+    c.on_node(node_obj())
+    c.on_policy(policy_obj(ALLOW))
+    c.on_pod(failing_pod())
+    c.drain()
+    failed = [m for k, _, r, m in world.recorder.events if r == "CATrustFailed" and k == "Pod"]
+    assert len(failed) == 1
+    assert "ModuleNotFoundError: No module named 'grpc'" in failed[0] and "retrying" in failed[0]
+    assert metrics.work_failures == ["failure"] and metrics.remediations == ["failed"]
+
+    stop = threading.Event()
+    worker = threading.Thread(target=c.work, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        assert second.wait(10), "the failed item was never retried"
+    finally:
+        c.stop()
+        worker.join(10)
+    assert world.recorder.reasons("Node")[-1] == "CATrusted"
+
+
+def test_a_retry_is_dropped_once_the_pod_no_longer_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = world.controller
+    c.flights.base = 0.05
+    calls: list[int] = []
+
+    def install_breaking(req: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(c.engine, "install", install_breaking)
+    c.on_node(node_obj())
+    c.on_policy(policy_obj(ALLOW))
+    pod = failing_pod()
+    c.on_pod(pod)
+    c.drain()
+    c.on_pod_deleted(pod)
+    from agent.cluster.controller.interfaces import PodRef, Work
+    from agent.core.detect import pull_failures_from_pod
+
+    failure = next(p.failure for p in pull_failures_from_pod(pod) if p.failure is not None)
+    c.process(Work("retry", PodRef("shop", "web-1", "uid-web-1"), failure))
+    assert calls == [1]  # the deleted pod's retry reads its Events (none) and stops there
+    assert world.cluster.lookups == 1

@@ -489,7 +489,7 @@ def test_a_remediation_that_raises_is_reported_counted_and_retried(
     failed = [m for k, _, r, m in world.recorder.events if r == "CATrustFailed" and k == "Pod"]
     assert len(failed) == 1
     assert "ModuleNotFoundError: No module named 'grpc'" in failed[0] and "retrying" in failed[0]
-    assert metrics.work_failures == ["failure"] and metrics.remediations == ["failed"]
+    assert metrics.work_failures == ["failure"] and metrics.remediations[0] == "failed"
 
     stop = threading.Event()
     worker = threading.Thread(target=c.work, args=(stop,), daemon=True)

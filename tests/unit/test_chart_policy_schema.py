@@ -9,6 +9,10 @@ level, a `registries` entry, `caFrom` and its two sources. Then it asks both sid
 the same values: the agent through `parse_policy`, the chart through the real helm
 (`helm template` validates values against the schema), so a rule the schema words
 differently from the parser shows up as a disagreement.
+
+The refused examples are the ones a JSON schema can express (types, choices, bounds, shapes,
+patterns). What only a parser can tell, a glob's labels or a PEM that does not parse, the
+agent still refuses when it reads the rendered policy (`PolicyInvalid`).
 """
 
 from __future__ import annotations
@@ -166,7 +170,12 @@ ACCEPTED: dict[str, list[Obj]] = {
         {"registries": [{"host": "[fd00::1]:5000"}]},
         {"registries": [{"host": "*.corp.example:443"}]},
     ],
-    "registries[].pins": [entry(pins=[PIN]), entry(pins=[PIN.replace("AB", "cd")])],
+    "registries[].pins": [
+        entry(pins=[PIN]),
+        entry(pins=[PIN.replace("AB", "cd")]),
+        entry(pins=["AB" * 32]),  # bare hex
+        entry(pins=["SHA256:" + ":".join(["ab"] * 32)]),  # as openssl prints it
+    ],
     "registries[].confirmations": [entry(confirmations=3)],
     "registries[].approval": [entry(approval=v) for v in APPROVALS],
     "registries[].caPEM": [entry(caPEM="<a CA>")],
@@ -181,6 +190,7 @@ ACCEPTED: dict[str, list[Obj]] = {
                 }
             }
         ),
+        ca_from({"clusterTrustBundle": {"labelSelector": {"matchLabels": {"registry-ca": ""}}}}),
     ],
 }
 
@@ -209,7 +219,13 @@ REFUSED: dict[str, list[Obj]] = {
         {"registries": [{"host": 5000}]},
         {"registries": [{"host": "registry.corp.example/team"}]},
     ],
-    "registries[].pins": [entry(pins=[]), entry(pins=["md5:ab"]), entry(pins=PIN)],
+    "registries[].pins": [
+        entry(pins=[]),
+        entry(pins=["md5:ab"]),
+        entry(pins=PIN),
+        entry(pins=[PIN[:-1]]),
+        entry(pins=[PIN + "0"]),
+    ],
     "registries[].confirmations": [entry(confirmations=0), entry(confirmations="2")],
     "registries[].approval": [entry(approval="always")],
     "registries[].caPEM": [entry(caPEM="hello"), entry(caPEM="<a CA>", caFrom={})],
@@ -223,6 +239,8 @@ REFUSED: dict[str, list[Obj]] = {
         ca_from({"clusterTrustBundle": {"labelSelector": {"matchLabels": {}}}}),
         ca_from({"clusterTrustBundle": {"signerName": "corp.example/ca"}}),
         ca_from({"clusterTrustBundle": {"name": "a", "signer": "corp.example/ca"}}),
+        ca_from({"clusterTrustBundle": {"labelSelector": {"matchLabels": {"a b": "c"}}}}),
+        ca_from({"clusterTrustBundle": {"labelSelector": {"matchLabels": {"a": "-c"}}}}),
     ],
 }
 

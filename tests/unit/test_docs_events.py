@@ -18,6 +18,7 @@ import ast
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,7 @@ def values_of(node: ast.expr, names: dict[str, set[str]]) -> set[str]:
     return set()
 
 
+@cache
 def reasons_in_code() -> dict[str, set[str]]:
     """reason -> the Event types the code emits it as (empty: decided elsewhere)."""
     names = constants()

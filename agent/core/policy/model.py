@@ -131,7 +131,7 @@ class Policy:
     max_concurrent_restarts: int = 1
     allow_docker_restart_without_live_restore: bool = False
     dry_run: bool = False
-    recycle_pods: bool = False  # reserved: recreate pods stuck in back-off after a fix
+    recycle_pods: bool = False  # evict pods stuck in back-off after a fix (agent.cluster.evict)
     # safe first trust for fetched anchors: distinct nodes that must see the same anchor,
     # and whether an operator must approve it first (agent.core.firsttrust)
     confirmations: int = 1

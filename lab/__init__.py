@@ -11,6 +11,8 @@ command) use it. By concern:
     lab/fakes/       no daemons: the fake kube-apiserver, doubles, host-root trees
     lab/demo.py      `python -m lab`, the README's demo
 
-A package imports only those listed above it (and `fakes` none of the others):
-tests/unit/test_layering.py checks it.
+The packages are layers, checked by `lint-imports` (pyproject.toml): procs at the bottom,
+isolation and tls on it, then registry, runtimes and fakes (none importing another), the demo
+on top. The fakes start nothing: they import neither procs, isolation, runtimes nor registry.
+And the agent never imports the lab.
 """

@@ -1,7 +1,8 @@
 """The layers and the lazy imports: what a process loads is part of its contract.
 
 The layer contract itself (core never imports node or cluster or any I/O module; node never
-imports cluster; nothing imports the CLI) lives in `pyproject.toml` under
+imports cluster; nothing imports the CLI; the agent never imports the lab; the lab's packages
+are layers of their own and its fakes start no process) lives in `pyproject.toml` under
 `[tool.importlinter]` and is checked by `lint-imports`, as kopf does with `.importlinter`.
 The tests below guard what import-linter cannot see: which modules a *running* process
 loads. `fetch` is timed against `openssl s_client`, and the idle daemon has a 56 MiB budget,

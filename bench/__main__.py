@@ -47,8 +47,8 @@ SECTIONS = (
 
 def fetch_rows(runs: int) -> list[Row]:
     from bench.bench_fetch import cases, measure
-    from lab.pki import make_pki
-    from lab.tlsserver import TLSServer
+    from lab.tls.pki import make_pki
+    from lab.tls.servers import TLSServer
 
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
         pki = make_pki(tmp, names=("localhost",), ips=("127.0.0.1",))
@@ -88,7 +88,7 @@ def install_rows(runs: int) -> list[Row]:
 
 def install_system_rows(runs: int) -> list[Row]:
     from bench.bench_install import system_scope
-    from lab.sandbox import in_private_mount_namespace
+    from lab.isolation.sandbox import in_private_mount_namespace
 
     section = "install system"
     if os.geteuid() != 0:
@@ -101,7 +101,7 @@ def install_system_rows(runs: int) -> list[Row]:
 
 def verify_rows(runs: int) -> list[Row]:
     from bench.bench_verify import rows
-    from lab.sandbox import in_private_mount_namespace
+    from lab.isolation.sandbox import in_private_mount_namespace
 
     section = "runtime verify"
     if os.geteuid() != 0 or not in_private_mount_namespace():

@@ -52,18 +52,18 @@ from agent.cluster.lease import RestartSlots  # noqa: E402
 from agent.node.engine import Engine  # noqa: E402
 from agent.node.host import DirectRunner, HostFS  # noqa: E402
 from bench import Row, max_overlap, mib, percentile  # noqa: E402
-from lab import fakeapi  # noqa: E402
-from lab.fakeapi import (  # noqa: E402
+from lab.fakes.apiserver import (  # noqa: E402
     FakeApiServer,
     make_configmap,
     make_node,
     make_pod,
     write_kubeconfig,
 )
-from lab.hostroot import node_root  # noqa: E402
-from lab.pki import make_pki  # noqa: E402
+from lab.fakes.apiserver.handler import Handler  # noqa: E402
+from lab.fakes.hostroot import node_root  # noqa: E402
 from lab.procs import free_port, wait_for  # noqa: E402
-from lab.tlsserver import TLSServer  # noqa: E402
+from lab.tls.pki import make_pki  # noqa: E402
+from lab.tls.servers import TLSServer  # noqa: E402
 
 JSON = dict[str, Any]
 NS = "ca-trust-agent"
@@ -145,7 +145,7 @@ def agent_user_agent(node: str) -> str:
     return f"ca-trust-agent/{__version__} ({node})"
 
 
-class _NoDelayHandler(fakeapi._Handler):
+class _NoDelayHandler(Handler):
     """The fake's handler with TCP_NODELAY, as Go's net (kube-apiserver) sets on every socket.
 
     The fake writes a response's headers and body in two send()s; without TCP_NODELAY Nagle

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lab.pki import make_pki  # noqa: E402 - needs the repo on sys.path when run as a script
-from lab.tlsserver import TLSServer  # noqa: E402
+from lab.tls.pki import make_pki  # noqa: E402 - needs the repo on sys.path when run as a script
+from lab.tls.servers import TLSServer  # noqa: E402
 
 _DROP = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 

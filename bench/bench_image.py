@@ -1,7 +1,7 @@
 """Image size per layer: the project's Dockerfile built with a real dockerd and BuildKit.
 
 The base (`python:3.11-slim-bookworm`) is not pullable here, so the build runs on the lab's
-mmdebstrap stand-in (`lab.imagebuild`); what the Dockerfile adds on top of its base is the
+mmdebstrap stand-in (`lab.runtimes.imagebuild`); what the Dockerfile adds on top of its base is the
 same on either, so "added to the base" is the number to compare, and the total on the
 upstream base is that plus the upstream base's own size. Optional: without root in a private
 mount namespace (dockerd writes /etc/docker), or without mmdebstrap/dockerd, the section
@@ -31,8 +31,8 @@ def _skip(why: str) -> list[Row]:
 
 
 def rows() -> list[Row]:
-    from lab.imagebuild import have_image_tools
-    from lab.sandbox import in_private_mount_namespace
+    from lab.isolation.sandbox import in_private_mount_namespace
+    from lab.runtimes.imagebuild import have_image_tools
 
     if os.geteuid() != 0 or not in_private_mount_namespace():
         return _skip("needs root in a private mount namespace (run scripts/bench)")
@@ -43,10 +43,16 @@ def rows() -> list[Row]:
 
 
 def _measure() -> list[Row]:
-    from lab.dockerd import layout, run_dockerd
-    from lab.imagebuild import build_image, image_size, import_standin, layers, standin_rootfs
+    from lab.isolation.sandbox import isolate_node_paths
     from lab.procs import become_subreaper
-    from lab.sandbox import isolate_node_paths
+    from lab.runtimes.dockerd import layout, run_dockerd
+    from lab.runtimes.imagebuild import (
+        build_image,
+        image_size,
+        import_standin,
+        layers,
+        standin_rootfs,
+    )
 
     become_subreaper()
     with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:

@@ -32,9 +32,9 @@ from agent.core.hostport import HostPort  # noqa: E402
 from agent.node.engine import Engine, InstallRequest  # noqa: E402
 from agent.node.host import DirectRunner, HostFS  # noqa: E402
 from agent.node.runtimes import RestartMethod, RuntimeManager  # noqa: E402
-from lab.hostroot import node_root  # noqa: E402
-from lab.pki import make_pki  # noqa: E402
-from lab.tlsserver import TLSServer  # noqa: E402
+from lab.fakes.hostroot import node_root  # noqa: E402
+from lab.tls.pki import make_pki  # noqa: E402
+from lab.tls.servers import TLSServer  # noqa: E402
 
 
 class _NoWaitManager(RuntimeManager):
@@ -84,11 +84,11 @@ def registry_scope(n: int) -> list[tuple[str, list[float]]]:
 
 def system_scope(n: int) -> list[tuple[str, list[float]]]:
     """Real update-ca-certificates; only in a private mount namespace over tmpfs copies."""
-    from lab.sandbox import in_private_mount_namespace
+    from lab.isolation.sandbox import in_private_mount_namespace
 
     if not in_private_mount_namespace():
         return []
-    from lab.sandbox import isolate_node_paths
+    from lab.isolation.sandbox import isolate_node_paths
 
     rows: dict[str, list[float]] = {k: [] for k in ("total", "refresh", "ours")}
     with (

@@ -63,8 +63,8 @@ from bench.bench_daemon import (  # noqa: E402
     policy,
     running_agent,
 )
-from lab.pki import make_pki  # noqa: E402
-from lab.tlsserver import TLSServer  # noqa: E402
+from lab.tls.pki import make_pki  # noqa: E402
+from lab.tls.servers import TLSServer  # noqa: E402
 
 JSON = dict[str, Any]
 Rows = list[tuple[str, str, str, str]]

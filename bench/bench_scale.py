@@ -52,7 +52,7 @@ from bench.bench_daemon import (  # noqa: E402
     policy,
     proc_status_kib,
 )
-from lab.fakeapi import FakeApiServer  # noqa: E402
+from lab.fakes.apiserver import FakeApiServer  # noqa: E402
 
 JSON = dict[str, Any]
 UA_PREFIX = "ca-trust-agent/bench ("

@@ -1,8 +1,8 @@
 """What it costs to let the runtime judge an install, on real containerd 1.6.20 and 2.1.9.
 
 Not a test: prints numbers, asserts nothing. A registry on a network-namespace address holds
-the lab image; each containerd runs in a node namespace of its own (lab/nodens.py) with the
-registry's CA already in its certs.d, so every pull succeeds. Rows:
+the lab image; each containerd runs in a node namespace of its own (lab/isolation/nodens.py)
+with the registry's CA already in its certs.d, so every pull succeeds. Rows:
 - the TLS-only check (a handshake trusting only the CA file), for contrast;
 - the runtime's verdict: the agent's CRI PullImage of the lab image (first one includes
   loading grpc and protobuf), then again after removing the image;
@@ -27,13 +27,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from agent.core.hostport import HostPort  # noqa: E402
-from lab.containerd2 import VERSION, Containerd2, available  # noqa: E402
-from lab.image import push_tiny_image  # noqa: E402
-from lab.netns import free_slash30, netns_host  # noqa: E402
-from lab.nodens import NodeNamespace  # noqa: E402
-from lab.pki import PKI, make_pki  # noqa: E402
-from lab.registry import run_registry  # noqa: E402
-from lab.sandbox import isolate_node_paths  # noqa: E402
+from lab.isolation.netns import free_slash30, netns_host  # noqa: E402
+from lab.isolation.nodens import NodeNamespace  # noqa: E402
+from lab.isolation.sandbox import isolate_node_paths  # noqa: E402
+from lab.registry.distribution import run_registry  # noqa: E402
+from lab.registry.push import push_tiny_image  # noqa: E402
+from lab.runtimes.containerd2 import VERSION, Containerd2, available  # noqa: E402
+from lab.tls.pki import PKI, make_pki  # noqa: E402
 
 PORT = 5443
 

@@ -24,16 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.containerd import Containerd, node_layout, run_containerd
-from lab.image import push_tiny_image
-from lab.pki import make_pki
-from lab.procs import become_subreaper, free_port
-from lab.registry import run_registry
-from lab.sandbox import (
+from lab.isolation.sandbox import (
     in_private_mount_namespace,
     isolate_node_paths,
     reexec_in_private_mount_namespace,
 )
+from lab.procs import become_subreaper, free_port
+from lab.registry.distribution import run_registry
+from lab.registry.push import push_tiny_image
+from lab.runtimes.containerd import Containerd, node_layout, run_containerd
+from lab.tls.pki import make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "registry.test"

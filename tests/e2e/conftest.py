@@ -2,7 +2,7 @@
 
 These tests play node: they write /etc/containerd/certs.d, /etc/docker/certs.d, run the
 real update-ca-certificates and resolve lab names through /etc/hosts. They therefore only
-run as root in a private mount namespace, where lab.sandbox makes all of those paths
+run as root in a private mount namespace, where lab.isolation.sandbox makes all of those paths
 private; anywhere else every test here is skipped with the command that runs them:
 
     unshare --mount --propagation private -- .venv/bin/pytest tests/e2e tests/integration
@@ -26,16 +26,21 @@ from pathlib import Path
 
 import pytest
 
-from lab.containerd import Containerd, node_layout, run_containerd
-from lab.cri import PullResult
-from lab.dockerd import Dockerd, run_dockerd
-from lab.dockerd import layout as dockerd_layout
-from lab.image import push_tiny_image
-from lab.netns import NetnsHost, free_slash30, netns_host
-from lab.pki import PKI, make_pki
+from lab.isolation.netns import NetnsHost, free_slash30, netns_host
+from lab.isolation.sandbox import (
+    HOW_TO_RUN,
+    Sandbox,
+    in_private_mount_namespace,
+    isolate_node_paths,
+)
 from lab.procs import become_subreaper, free_port
-from lab.registry import Registry, run_registry
-from lab.sandbox import HOW_TO_RUN, Sandbox, in_private_mount_namespace, isolate_node_paths
+from lab.registry.distribution import Registry, run_registry
+from lab.registry.push import push_tiny_image
+from lab.runtimes.containerd import Containerd, node_layout, run_containerd
+from lab.runtimes.cri import PullResult
+from lab.runtimes.dockerd import Dockerd, run_dockerd
+from lab.runtimes.dockerd import layout as dockerd_layout
+from lab.tls.pki import PKI, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY_NAME = "registry.test"  # -> 127.0.0.1 in the sandbox's /etc/hosts

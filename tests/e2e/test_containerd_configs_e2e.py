@@ -6,8 +6,8 @@ agent/core/containerd_config.py). For each, the invariant an operator relies on:
     if `install` reports trust, the next CRI pull succeeds;
     otherwise it refused with a reason and wrote nothing.
 
-Each containerd runs in a node of its own (lab/nodens.py): /etc/containerd, its socket and the
-agent's ledger are private bind mounts, the OS trust store is the sandbox's copy. The
+Each containerd runs in a node of its own (lab/isolation/nodens.py): /etc/containerd, its
+socket and the agent's ledger are private bind mounts, the OS trust store is the sandbox's copy. The
 registry sits on a network-namespace address (containerd 2.x never verifies TLS for loopback
 registries). The agent runs as on the node: `python -m agent install ... --image REF`, so the
 runtime's own pull is the verification.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.containerd2 import VERSION, Containerd2, available
-from lab.cri import PullResult
-from lab.nodens import NodeNamespace
+from lab.isolation.nodens import NodeNamespace
+from lab.runtimes.containerd2 import VERSION, Containerd2, available
+from lab.runtimes.cri import PullResult
 from tests.e2e.conftest import REPO, CliResult, LabRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

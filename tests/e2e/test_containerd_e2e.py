@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lab.containerd import Containerd
+from lab.runtimes.containerd import Containerd
 from tests.e2e.conftest import LabRegistry, agent_cli, cri_pull, timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

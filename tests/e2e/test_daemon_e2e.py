@@ -18,9 +18,9 @@ from agent.cluster.client import KubeClient, RetryPolicy
 from agent.cluster.daemon import Agent
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
-from lab.containerd import Containerd
-from lab.doubles import node, pod, policy, wait_until
-from lab.fakeapi import FakeApiServer
+from lab.fakes.apiserver import FakeApiServer
+from lab.fakes.doubles import node, pod, policy, wait_until
+from lab.runtimes.containerd import Containerd
 from tests.e2e.conftest import LabRegistry, cri_pull
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

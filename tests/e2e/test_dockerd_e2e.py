@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.dockerd import Dockerd
+from lab.runtimes.dockerd import Dockerd
 from tests.e2e.conftest import LabRegistry, agent_cli, timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

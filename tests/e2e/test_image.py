@@ -2,7 +2,7 @@
 
 A dockerd of the test's own (own data root and socket, inside the sandbox) builds the
 project's Dockerfile with BuildKit on a local stand-in of `python:3.11-slim-bookworm`
-(`lab.imagebuild`: mmdebstrap, then `docker import`). Every container then runs with the
+(`lab.runtimes.imagebuild`: mmdebstrap, then `docker import`). Every container then runs with the
 DaemonSet's security context: read-only root filesystem, a tmpfs /tmp, privileged (every
 capability this VM has, see PRIVILEGED), host network, and a test host root at /host (never
 this machine's /). There is no host PID
@@ -27,15 +27,16 @@ from typing import Any
 
 import pytest
 
-from lab import pki
-from lab.dockerd import Dockerd, run_dockerd
-from lab.dockerd import layout as dockerd_layout
-from lab.doubles import failing_pod, wait_until
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.fakeapi import FakeApiServer
-from lab.hostroot import node_root
-from lab.imagebuild import (
+from lab.fakes.apiserver import FakeApiServer
+from lab.fakes.doubles import failing_pod, wait_until
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.hostroot import node_root
+from lab.isolation.sandbox import Sandbox
+from lab.procs import free_port
+from lab.runtimes.dockerd import Dockerd, run_dockerd
+from lab.runtimes.dockerd import layout as dockerd_layout
+from lab.runtimes.imagebuild import (
     Built,
     build_image,
     docker,
@@ -44,9 +45,8 @@ from lab.imagebuild import (
     layers,
     standin_rootfs,
 )
-from lab.procs import free_port
-from lab.sandbox import Sandbox
-from lab.tlsserver import TLSServer
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 

@@ -2,8 +2,8 @@
 
 The vendor document's example pulls from a registry whose blob GET is redirected to a CDN
 (production.cloudflare.docker.com) presenting a CA the node lacks; Docker Hub likewise sends
-clients to auth.docker.io for a token. Built here with lab/redirects.py on network-namespace
-addresses (containerd 2.x never verifies TLS for loopback registries):
+clients to auth.docker.io for a token. Built here with lab/registry/redirects.py on
+network-namespace addresses (containerd 2.x never verifies TLS for loopback registries):
 
     front-cdn.test  (the registry's private CA)  -- blob GET --> 307 --> cdn.test  (own CA)
     front-auth.test (the registry's private CA)  -- 401 Bearer realm --> auth.test (own CA)
@@ -29,11 +29,11 @@ import pytest
 
 from agent.core.detect import parse_pull_error
 from agent.core.hostport import parse_hostport
-from lab.containerd2 import VERSION, Containerd2, available
-from lab.netns import NetnsHost
-from lab.nodens import NodeNamespace
-from lab.redirects import Served, issued_by, own_ca, run_server
-from lab.sandbox import Sandbox
+from lab.isolation.netns import NetnsHost
+from lab.isolation.nodens import NodeNamespace
+from lab.isolation.sandbox import Sandbox
+from lab.registry.redirects import Served, issued_by, own_ca, run_server
+from lab.runtimes.containerd2 import VERSION, Containerd2, available
 from tests.e2e.conftest import CliResult, LabRegistry
 from tests.e2e.test_containerd_configs_e2e import (
     CERTS_D,

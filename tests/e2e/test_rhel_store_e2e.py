@@ -1,6 +1,6 @@
 """The EulerOS/CentOS path of the vendor procedure, end to end: containerd trusting a RHEL store.
 
-Inside the sandbox, `lab.rhel.rhel_trust` turns the node into a RHEL-family one: EulerOS's
+Inside the sandbox, `lab.isolation.rhel.rhel_trust` turns the node into a RHEL-family one: EulerOS's
 os-release, `/etc/pki/ca-trust` extracted by the real p11-kit through an `update-ca-trust`
 driver, the package link `/etc/pki/tls/certs/ca-bundle.crt`, and an empty `/etc/ssl/certs`,
 so Go (containerd 1.6 here) finds no Debian bundle and loads `ca-bundle.crt`, as on RHEL.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from agent.node.stores.bundle import bundle_digests
-from lab.containerd import Containerd
+from lab.isolation.rhel import ANCHORS, CA_BUNDLE_LINK, RhelStore, rhel_trust
 from lab.procs import clean_env
-from lab.rhel import ANCHORS, CA_BUNDLE_LINK, RhelStore, rhel_trust
+from lab.runtimes.containerd import Containerd
 from tests.e2e.conftest import LabRegistry, agent_cli, cri_pull
 from tests.e2e.test_containerd_e2e import X509_UNKNOWN, install, remove, restart_env
 

@@ -51,8 +51,8 @@ from agent.node.runtimes.containerd import load_containerd_config
 from agent.node.stores import file_name, safe
 from agent.node.stores.registry import registry_store
 from agent.node.stores.system import LAYOUTS, parse_os_release, system_store
-from lab import pki
-from lab.doubles import RecordingRunner as BundleRebuildingRunner
+from lab.fakes.doubles import RecordingRunner as BundleRebuildingRunner
+from lab.tls import pki
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 PROFILE = "ca-trust-agent-fuzz"

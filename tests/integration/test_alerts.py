@@ -19,13 +19,13 @@ import pytest
 import yaml
 
 from agent.metrics import Metrics
-from lab import pki
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.doubles import wait_until
-from lab.fakeapi import FakeApiServer, write_kubeconfig
-from lab.hostroot import node_root
+from lab.fakes.apiserver import FakeApiServer, write_kubeconfig
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.doubles import wait_until
+from lab.fakes.hostroot import node_root
 from lab.procs import clean_env, free_port
+from lab.tls import pki
 
 pytestmark = pytest.mark.integration
 

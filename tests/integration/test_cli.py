@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import pki
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

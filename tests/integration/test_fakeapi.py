@@ -1,6 +1,6 @@
 """The fake apiserver speaks the real protocol: the OFFICIAL kubernetes client is the referee.
 
-Every test drives `lab.fakeapi.FakeApiServer` through `kubernetes.client.CoreV1Api`,
+Every test drives `lab.fakes.apiserver.FakeApiServer` through `kubernetes.client.CoreV1Api`,
 `CoordinationV1Api` and `kubernetes.watch.Watch`, whose strict models reject anything a real
 apiserver would not send. Watches are made deterministic by changing state first and then
 watching from an older resourceVersion (the fake replays its history), with a short
@@ -18,7 +18,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from lab.fakeapi import (
+from lab.fakes.apiserver import (
     FakeApiServer,
     make_configmap,
     make_event,

@@ -4,7 +4,7 @@ The client-side dry run renders with the release's real name and namespace and s
 nothing; it must give exactly what `helm template` gives (what tests/unit/test_chart.py
 compares with manifests/) and must not need the cluster to answer anything. A server-side
 dry run needs discovery (/version, /api, /apis), apps/v1 and RBAC kinds and Secrets for the
-release record, which lab/fakeapi.py does not serve: that part is left to a real cluster.
+release record, which lab/fakes/apiserver/ does not serve: that part is left to a real cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.fakeapi import FakeApiServer, write_kubeconfig
+from lab.fakes.apiserver import FakeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.integration
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL, crypto
 
-from lab.containerd import Containerd, run_containerd, temp_layout
-from lab.image import RegistryClient, tiny_image
-from lab.netns import exists as netns_exists
-from lab.netns import free_slash30, link_exists, netns_host
+from lab.isolation.netns import exists as netns_exists
+from lab.isolation.netns import free_slash30, link_exists, netns_host
+from lab.isolation.sandbox import Sandbox, in_private_mount_namespace
 from lab.procs import clean_env
-from lab.sandbox import Sandbox, in_private_mount_namespace
+from lab.registry.push import RegistryClient, tiny_image
+from lab.runtimes.containerd import Containerd, run_containerd, temp_layout
 from tests.e2e.conftest import (
     LabRegistry,
     cri_pull,
@@ -296,7 +296,7 @@ def test_reexec_lands_in_a_private_mount_namespace(tmp_path: Path) -> None:
         pytest.skip("unshare --mount needs root")
     script = tmp_path / "where.py"
     script.write_text(
-        "from lab.sandbox import in_private_mount_namespace as private, "
+        "from lab.isolation.sandbox import in_private_mount_namespace as private, "
         "reexec_in_private_mount_namespace as reexec\n"
         "print('private' if private() else 'shared', flush=True)\n"
         "if not private():\n"

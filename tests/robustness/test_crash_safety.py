@@ -39,9 +39,9 @@ import pytest
 from agent.node.host import HostFS
 from agent.node.ledger import LEDGER_PATH, Ledger, LedgerEntry
 from agent.node.runtimes import H2_PREFACE
-from lab import pki
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

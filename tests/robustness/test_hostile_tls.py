@@ -31,9 +31,9 @@ from cryptography.x509.oid import NameOID
 from agent.core.errors import FetchError
 from agent.core.hostport import parse_hostport
 from agent.node.chain import fetch_chain
-from lab import pki
-from lab.hostroot import node_root
-from lab.tlsserver import (
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import (
     AlertServer,
     GarbageServer,
     LoopbackServer,

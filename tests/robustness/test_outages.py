@@ -18,11 +18,11 @@ from agent.cluster.client import KubeClient, RetryPolicy
 from agent.cluster.daemon import Agent
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
-from lab import pki
-from lab.doubles import failing_pod, wait_until
-from lab.fakeapi import FakeApiServer, make_configmap, make_node
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.apiserver import FakeApiServer, make_configmap, make_node
+from lab.fakes.doubles import failing_pod, wait_until
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """kill -9 at every step of a system-scope install and removal on a RHEL-family node.
 
 The same kills as test_crash_safety.py, but the store is the one of EulerOS/CentOS/RHEL
-(`lab.rhel.rhel_trust`: the real p11-kit behind an EL-style `update-ca-trust`) and the CLI
+(`lab.isolation.rhel.rhel_trust`: the real p11-kit behind an EL-style `update-ca-trust`) and the CLI
 runs with `--host-root /` in the sandbox, as on a node. After each kill the test runs
 `update-ca-trust extract` itself, as the next package update on the node would, and checks
 what the runtimes would then trust: our anchor exactly when our complete file is in
@@ -26,10 +26,10 @@ import pytest
 from agent.node.host import STAGING_DIR, TMP_PREFIX, HostFS
 from agent.node.ledger import Ledger
 from agent.node.stores.bundle import bundle_digests
-from lab import pki
-from lab.rhel import ANCHORS, CA_BUNDLE_LINK, RhelStore, rhel_trust
-from lab.sandbox import Sandbox
-from lab.tlsserver import TLSServer
+from lab.isolation.rhel import ANCHORS, CA_BUNDLE_LINK, RhelStore, rhel_trust
+from lab.isolation.sandbox import Sandbox
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 from tests.e2e.conftest import REPO, sandbox
 from tests.robustness.test_crash_safety import (
     FAILPOINTS,

@@ -5,7 +5,7 @@ A rotation is two engine installs made by the daemon's first-trust step
 (agent.cluster.firsttrust): the trust file first holds the new anchor with the old one beside
 it, then, once the new one is verified, the new one alone. The node starts with the old
 anchor installed; the registry (a real TLS server) now presents a chain under a new CA, whose
-fingerprint the operator approved (a pin). lab.rotation runs the daemon's own code for the
+fingerprint the operator approved (a pin). lab.fakes.rotation runs the daemon's own code for the
 failing pull in a child process and kills it by SIGKILL exactly at a named step of the first
 or the second install (CA_TRUST_AGENT_FAILPOINT, as tests/robustness/test_crash_safety.py).
 
@@ -37,11 +37,11 @@ from agent.core.remediation import InstallRequest, Result
 from agent.core.trust import CertInfo, cert_from_der, parse_pem_bundle, pem_bundle
 from agent.node.engine import Engine
 from agent.node.host import HostFS
-from lab import pki
-from lab.doubles import FakeRestarts, RecordingRunner
-from lab.hostroot import CERTS_D, node_root
-from lab.rotation import killed_rotation, node_engine, rotate
-from lab.tlsserver import TLSServer
+from lab.fakes.doubles import FakeRestarts, RecordingRunner
+from lab.fakes.hostroot import CERTS_D, node_root
+from lab.fakes.rotation import killed_rotation, node_engine, rotate
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

@@ -29,9 +29,9 @@ from agent.core.hostport import HostPort
 from agent.core.trust import CertInfo, cert_from_der
 from agent.node.engine import Engine
 from agent.node.host import HostFS
-from lab import pki
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 
@@ -442,7 +442,7 @@ class RecordingRunner:
 
     def run(self, argv: Sequence[str], *, timeout: float = 120.0) -> Any:
         from agent.node.host import CommandResult
-        from lab.doubles import rebuild_debian_bundle
+        from lab.fakes.doubles import rebuild_debian_bundle
 
         rebuild_debian_bundle(self.root)  # the engine reads the bundle back
         return CommandResult(tuple(argv), 0, "", "", 0.0, False)

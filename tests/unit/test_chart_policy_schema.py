@@ -44,7 +44,7 @@ from agent.core.policy.model import (
 from agent.core.policy.registries import _RULE_KEYS
 from agent.core.policy.schema import _TOP_KEYS
 from agent.core.policy.sources import _CM_KEYS, _CTB_KEYS, _FROM_KEYS
-from lab.pki import make_ca
+from lab.tls.pki import make_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ca-trust-agent"

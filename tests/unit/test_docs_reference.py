@@ -27,7 +27,7 @@ from agent.core.policy.model import APPROVALS, HOSTS_TOML_MODES, RESTARTS, SCOPE
 from agent.core.policy.registries import _RULE_KEYS
 from agent.core.policy.schema import _TOP_KEYS
 from agent.metrics import NAMESPACE, Metrics
-from lab.pki import make_ca
+from lab.tls.pki import make_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

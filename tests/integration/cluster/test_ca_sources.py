@@ -16,12 +16,12 @@ from agent.cluster.client import KubeClient, RetryPolicy
 from agent.cluster.daemon import Agent
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
-from lab import pki
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.doubles import wait_until
-from lab.fakeapi import FakeApiServer, make_configmap
-from lab.hostroot import node_root
+from lab.fakes.apiserver import FakeApiServer, make_configmap
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.doubles import wait_until
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
 
 pytestmark = pytest.mark.integration
 

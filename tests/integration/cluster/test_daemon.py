@@ -27,13 +27,13 @@ from agent.cluster.client import KubeClient, RetryPolicy
 from agent.cluster.daemon import Agent
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
-from lab import pki
-from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, wait_until
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.fakeapi import FakeApiServer, write_kubeconfig
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.apiserver import FakeApiServer, write_kubeconfig
+from lab.fakes.doubles import FakeRestarts, RecordingRunner, failing_pod, wait_until
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from agent.cluster.events import (
     event_name,
     truncate_message,
 )
-from lab.fakeapi import ApiFailure, FakeApiServer
+from lab.fakes.apiserver import ApiFailure, FakeApiServer
 
 JSON = dict[str, Any]
 T0 = 1_800_000_000.25  # 2027-01-15T08:00:00Z, a quarter second in

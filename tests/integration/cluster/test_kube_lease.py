@@ -25,7 +25,7 @@ from agent.cluster.lease import (
     slot_names,
 )
 from agent.core.errors import RuntimeRestartError
-from lab.fakeapi import FakeApiServer, make_lease
+from lab.fakes.apiserver import FakeApiServer, make_lease
 
 JSON = dict[str, Any]
 NS = "ca-trust-agent"

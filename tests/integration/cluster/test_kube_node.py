@@ -19,7 +19,7 @@ from agent.cluster.nodes import (
     set_trusted_registries,
     trusted_registries_value,
 )
-from lab.fakeapi import FakeApiServer, make_node
+from lab.fakes.apiserver import FakeApiServer, make_node
 
 JSON = dict[str, Any]
 

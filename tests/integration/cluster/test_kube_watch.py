@@ -23,8 +23,8 @@ from kubernetes.config import incluster_config
 
 from agent.cluster.client import ApiError, KubeClient, RetryPolicy, load_config, resource_path
 from agent.cluster.watch import Backoff, BackoffPolicy, Watcher, relist_diff
-from lab.fakeapi import FakeApiServer, make_configmap, make_node, make_pod
-from lab.pki import make_ca, make_leaf, write_key, write_pem
+from lab.fakes.apiserver import FakeApiServer, make_configmap, make_node, make_pod
+from lab.tls.pki import make_ca, make_leaf, write_key, write_pem
 
 pytestmark = pytest.mark.integration
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from lab import pki
-from lab.doubles import failing_pod, wait_until
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.fakeapi import FakeApiServer, write_kubeconfig
-from lab.hostroot import node_root
+from lab.fakes.apiserver import FakeApiServer, write_kubeconfig
+from lab.fakes.doubles import failing_pod, wait_until
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.hostroot import node_root
 from lab.procs import free_port
-from lab.tlsserver import TLSServer
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

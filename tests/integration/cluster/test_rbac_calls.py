@@ -23,12 +23,12 @@ from agent.cluster.client import KubeClient, RetryPolicy
 from agent.cluster.daemon import Agent
 from agent.node.engine import Engine
 from agent.node.host import HostFS
-from lab import pki
-from lab.doubles import FakeRestarts, RecordingRunner, failing_pod, pod, wait_until
-from lab.doubles import node as node_object
-from lab.fakeapi import FakeApiServer, RequestRecord
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.apiserver import FakeApiServer, RequestRecord
+from lab.fakes.doubles import FakeRestarts, RecordingRunner, failing_pod, pod, wait_until
+from lab.fakes.doubles import node as node_object
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

@@ -27,14 +27,14 @@ from agent.core.recycle import DEFAULT_LIMITS, Limits
 from agent.metrics import serve
 from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
-from lab import pki
-from lab.doubles import failing_pod
-from lab.doubles import node as node_object
-from lab.doubles import policy as policy_configmap
-from lab.doubles import wait_until as _wait_until
-from lab.fakeapi import FakeApiServer
-from lab.hostroot import node_root
-from lab.tlsserver import TLSServer
+from lab.fakes.apiserver import FakeApiServer
+from lab.fakes.doubles import failing_pod
+from lab.fakes.doubles import node as node_object
+from lab.fakes.doubles import policy as policy_configmap
+from lab.fakes.doubles import wait_until as _wait_until
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """agent.node.chain against real TLS servers on loopback, with real generated PKI.
 
-Each test starts the server it needs (lab.tlsserver) and stops it on exit. Fetching never
+Each test starts the server it needs (lab.tls.servers) and stops it on exit. Fetching never
 verifies; the analysis of what was fetched is agent.core.trust's, exercised here end to end.
 """
 
@@ -29,8 +29,8 @@ from agent.node.chain import (
     proxy_from_env,
     verify_handshake,
 )
-from lab.pki import PKI, expired, make_ca, make_pki, not_yet_valid
-from lab.tlsserver import (
+from lab.tls.pki import PKI, expired, make_ca, make_pki, not_yet_valid
+from lab.tls.servers import (
     AlertServer,
     ConnectProxy,
     GarbageServer,

@@ -3,8 +3,8 @@
 `update-ca-certificates` runs every hook in /etc/ca-certificates/update.d, and this
 machine's `jks-keystore` (from ca-certificates-java) appends to
 /var/lib/ca-certificates-java/pending and runs `dpkg-trigger` and `dpkg --triggers-only`:
-writes outside the trust directories the sandbox copies. `lab.sandbox` therefore empties its
-private copy of update.d. This test runs a full system-scope install and removal through
+writes outside the trust directories the sandbox copies. `lab.isolation.sandbox` therefore
+empties its private copy of update.d. This test runs a full system-scope install and removal through
 the real tool and compares the machine's hook targets and dpkg state, mtimes included,
 before and after. The sandbox also watches the first two paths for the whole session and
 fails its teardown if they change.
@@ -21,9 +21,9 @@ import pytest
 from agent.core.hostport import parse_hostport
 from agent.node.engine import Engine, InstallRequest
 from agent.node.host import DirectRunner, HostFS
-from lab import pki
-from lab.sandbox import HOOKS_DIR, Sandbox
-from lab.tlsserver import TLSServer
+from lab.isolation.sandbox import HOOKS_DIR, Sandbox
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 from tests.e2e.conftest import sandbox
 
 __all__ = ["sandbox"]

@@ -1,6 +1,6 @@
 """System scope on a RHEL-family node (EulerOS, CentOS, RHEL, openEuler), run by the real p11-kit.
 
-`lab.rhel.rhel_trust` mounts a RHEL layout in this private mount namespace and puts an
+`lab.isolation.rhel.rhel_trust` mounts a RHEL layout in this private mount namespace and puts an
 `update-ca-trust` on the PATH that runs the `p11-kit extract` commands of the real script,
 in the EL7/8/9/openEuler style (no `set -e`, arguments ignored) and in the Fedora/RHEL 10
 style (strict). The agent's engine runs unchanged against it: DirectRunner, HostFS("/"),
@@ -29,10 +29,10 @@ from agent.node.engine import Engine, InstallRequest
 from agent.node.host import STAGING_DIR, DirectRunner, HostFS
 from agent.node.ledger import Ledger
 from agent.node.stores.bundle import bundle_digests
-from lab import pki
-from lab.rhel import ANCHORS, CA_BUNDLE_LINK, EXTRACTED, TLS_BUNDLE, RhelStore, rhel_trust
-from lab.sandbox import Sandbox
-from lab.tlsserver import TLSServer
+from lab.isolation.rhel import ANCHORS, CA_BUNDLE_LINK, EXTRACTED, TLS_BUNDLE, RhelStore, rhel_trust
+from lab.isolation.sandbox import Sandbox
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 from tests.e2e.conftest import REPO, sandbox, timing
 
 __all__ = ["sandbox"]  # the session fixture, imported for pytest

@@ -2,7 +2,7 @@
 
 SUSE's `update-ca-certificates` is p11-kit based like RHEL's `update-ca-trust`: anchors in
 `/etc/pki/trust/anchors`, the bundle in `/var/lib/ca-certificates/ca-bundle.pem`, which Go
-reads through `/etc/ssl/ca-bundle.pem`. `lab.rhel.suse_trust` models that layout with
+reads through `/etc/ssl/ca-bundle.pem`. `lab.isolation.rhel.suse_trust` models that layout with
 Debian's p11-kit and a driver running the `trust extract` of SUSE's certbundle hook (the
 other hooks, Java and the hashed directory, are left out). The agent runs unchanged.
 Root in a private mount namespace only (see tests/e2e/conftest.py).
@@ -22,10 +22,10 @@ from agent.node.chain import verify_handshake
 from agent.node.engine import Engine, InstallRequest
 from agent.node.host import DirectRunner, HostFS
 from agent.node.stores.bundle import bundle_digests
-from lab import pki
-from lab.rhel import SUSE_ANCHORS, SUSE_BUNDLE_LINK, RhelStore, suse_trust
-from lab.sandbox import Sandbox
-from lab.tlsserver import TLSServer
+from lab.isolation.rhel import SUSE_ANCHORS, SUSE_BUNDLE_LINK, RhelStore, suse_trust
+from lab.isolation.sandbox import Sandbox
+from lab.tls import pki
+from lab.tls.servers import TLSServer
 from tests.e2e.conftest import sandbox
 from tests.integration.node.test_rhel_trust import forgetting_new_entries
 

@@ -9,7 +9,7 @@ removal, DirectRunner for the refresh.
 The RHEL/EulerOS store runs on the real p11-kit in test_rhel_trust.py; the layouts of all
 families, SUSE's and Alpine's only, run here on a host-root temp tree with a RecordingRunner
 that checks the exact commands. The namespace hides /etc/ca-certificates/update.d hooks (see
-lab/sandbox.py).
+lab/isolation/sandbox.py).
 """
 
 from __future__ import annotations

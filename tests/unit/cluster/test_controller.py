@@ -21,9 +21,9 @@ from agent.core.hostport import HostPort
 from agent.core.trust import CertInfo, cert_from_der
 from agent.node.engine import Engine
 from agent.node.host import HostFS
-from lab import pki
-from lab.doubles import RecordingRunner
-from lab.hostroot import node_root
+from lab.fakes.doubles import RecordingRunner
+from lab.fakes.hostroot import node_root
+from lab.tls import pki
 
 NODE = "node-a"
 IMAGE = "registry.test:5443/lab/tiny:v1"

@@ -1,6 +1,6 @@
 """agent.core.trust: which certificate becomes the anchor, and every reason to refuse one.
 
-All certificates are real ones from lab.pki (a private CA like an operator's); nothing
+All certificates are real ones from lab.tls.pki (a private CA like an operator's); nothing
 here opens a socket.
 """
 
@@ -31,7 +31,7 @@ from agent.core.trust import (
     parse_pem_bundle,
     pem_bundle,
 )
-from lab.pki import PKI, Issued, expired, make_ca, make_leaf, make_pki, not_yet_valid
+from lab.tls.pki import PKI, Issued, expired, make_ca, make_leaf, make_pki, not_yet_valid
 
 NOW = dt.datetime.now(dt.UTC)
 REGISTRY = HostPort("registry.test", 5443)
@@ -447,7 +447,7 @@ def test_rsa_chain_verifies(tmp_path: Path) -> None:
 
 
 def _hand_made_leaf(root: Issued, *extensions: x509.ExtensionType) -> Issued:
-    """A leaf with exactly these extensions, for shapes lab.pki does not produce."""
+    """A leaf with exactly these extensions, for shapes lab.tls.pki does not produce."""
     key = make_leaf(None).key
     builder = (
         x509.CertificateBuilder()

@@ -18,8 +18,8 @@ from agent.core.pull_verdict import PullVerdict
 from agent.core.trust import CertInfo, cert_from_der
 from agent.node.engine import Engine
 from agent.node.host import CommandResult, HostFS
-from lab import pki
-from lab.doubles import rebuild_debian_bundle
+from lab.fakes.doubles import rebuild_debian_bundle
+from lab.tls import pki
 
 REG = parse_hostport("registry.test:5443")
 CERTS_D = "/etc/containerd/certs.d"

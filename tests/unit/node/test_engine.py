@@ -25,7 +25,7 @@ from agent.core.errors import (
 from agent.core.hostport import HostPort
 from agent.core.trust import cert_from_der
 from agent.node.engine import InstallRequest
-from lab import pki
+from lab.tls import pki
 from tests.unit.node.engine_world import (
     CERTS_D,
     IMAGE,

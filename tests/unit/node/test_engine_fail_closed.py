@@ -18,7 +18,7 @@ from agent.core.errors import ApplyError
 from agent.core.pull_verdict import PullVerdict
 from agent.core.trust import cert_from_der
 from agent.node.engine import Engine, InstallRequest
-from lab import pki
+from lab.tls import pki
 from tests.unit.node.engine_world import (
     IMAGE,
     OUR_FILE,

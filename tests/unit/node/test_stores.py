@@ -478,7 +478,7 @@ def test_a_self_signed_non_ca_anchor_is_refused_only_where_p11kit_builds_the_bun
     concatenate every anchor file, and Go/OpenSSL accept a leaf found verbatim in the roots."""
     from agent.core.system_anchor import system_anchor_refusal
     from agent.core.trust import cert_from_der
-    from lab import pki
+    from lab.tls import pki
 
     leaf = cert_from_der(pki.make_leaf(None, names=("selfsigned.test",)).der)
     ca = cert_from_der(pki.make_ca("a CA").der)
@@ -491,7 +491,7 @@ def test_a_self_signed_non_ca_anchor_is_refused_only_where_p11kit_builds_the_bun
 
 def test_bundle_digests_read_every_certificate_block_and_skip_damaged_ones() -> None:
     from agent.node.stores.bundle import bundle_digests
-    from lab import pki
+    from lab.tls import pki
 
     first, second = pki.make_ca("first"), pki.make_ca("second")
     damaged = b"-----BEGIN CERTIFICATE-----\n!!notbase64!!\n-----END CERTIFICATE-----\n"

@@ -30,7 +30,7 @@ from typing import Self
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lab.pki import Issued, PrivateKey
+from lab.tls.pki import Issued, PrivateKey
 
 _IO_TIMEOUT = 5.0
 

@@ -6,7 +6,7 @@ x509 on a host the image reference never names. The lab builds both with three s
 servers, each with a name of its own:
 
 - the *front* (`role front`): presents a certificate from the registry's private CA and
-  proxies `/v2/` to the real distribution registry (lab/registry.py), except
+  proxies `/v2/` to the real distribution registry (lab/registry/distribution.py), except
   `GET /v2/<name>/blobs/<digest>`, answered with `307 Location: <cdn>/registry-v2/<name>/
   blobs/<digest>/data?verify=...` (with `--cdn`); with `--realm` every `/v2/` request
   without the realm's token gets `401` and `WWW-Authenticate: Bearer realm=...`;
@@ -15,10 +15,11 @@ servers, each with a name of its own:
 - the *auth host* (`role auth`), with its own private CA: issues the anonymous token.
 
 They listen on network-namespace addresses (containerd 2.x never verifies TLS for loopback
-registries): the test side starts each as `ip netns exec NS python -m lab.redirects ROLE ...`,
-a child process it stops by PID. The server side is standard library only, and every request
-it answers is one line of its log (`<role> <METHOD> <path> -> <status>`), which is how a test
-knows that a blob really came from the CDN.
+registries): the test side starts each as
+`ip netns exec NS python -m lab.registry.redirects ROLE ...`, a child process it stops by PID.
+The server side is standard library only, and every request it answers is one line of its log
+(`<role> <METHOD> <path> -> <status>`), which is how a test knows that a blob really came
+from the CDN.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lab.pki import PKI
+    from lab.tls.pki import PKI
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROLES = ("front", "cdn", "auth")
 # Request headers a registry needs to answer as it would answer the client itself.
 _FORWARD = ("Accept", "Range", "User-Agent", "If-None-Match")
@@ -207,7 +208,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.redirects")
+    parser = argparse.ArgumentParser(prog="python -m lab.registry.redirects")
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--name", required=True, help="this server's TLS name")
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
@@ -281,7 +282,7 @@ class ServerTLS:
 
 def issued_by(directory: Path, name: str, issuer: PKI) -> ServerTLS:
     """A leaf for `name` from an existing private CA (the registry's, for its front)."""
-    from lab.pki import make_leaf, write_key, write_pem
+    from lab.tls.pki import make_leaf, write_key, write_pem
 
     directory.mkdir(parents=True, exist_ok=True)
     assert issuer.intermediate is not None, "the lab's registry PKI has an intermediate"
@@ -296,7 +297,7 @@ def issued_by(directory: Path, name: str, issuer: PKI) -> ServerTLS:
 def own_ca(directory: Path, name: str) -> ServerTLS:
     """A private CA of its own (root -> intermediate -> leaf for `name`): a CDN's, an auth
     host's, which the node has never seen."""
-    from lab.pki import make_pki
+    from lab.tls.pki import make_pki
 
     pki = make_pki(directory, names=(name,), prefix=f"{name}-")
     assert pki.paths.intermediate is not None
@@ -315,20 +316,20 @@ def run_server(
     workdir: Path,
     options: Sequence[str] = (),
 ) -> Iterator[Served]:
-    """`ip netns exec NETNS python -m lab.redirects ROLE ...`; stopped by PID on exit."""
+    """`ip netns exec NETNS python -m lab.registry.redirects ROLE ...`; stopped by PID on exit."""
     from lab.procs import clean_env, running, tcp_ready
 
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"{role}-{name}.log"
     argv = [
         "ip", "netns", "exec", netns,  # ip execs: the PID stays the server's
-        sys.executable, "-m", "lab.redirects", role,
+        sys.executable, "-m", "lab.registry.redirects", role,
         "--name", name, "--listen", f"{address}:{port}",
         "--chain", str(tls.chain), "--key", str(tls.key), *options,
     ]  # fmt: skip
     env = clean_env({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     with running(
-        f"lab.redirects {role}", argv, log=log, ready=tcp_ready(address, port), env=env
+        f"lab.registry.redirects {role}", argv, log=log, ready=tcp_ready(address, port), env=env
     ) as daemon:
         yield Served(role, name, address, port, tls.anchor, log, daemon.pid)
 

@@ -3,9 +3,9 @@
 Pulls are tested through the CRI and never through `ctr`: ctr resolves and fetches in a
 new process of its own, so it sees a freshly added CA while the containerd daemon (and
 kubelet through it) still fails. The proto is a subset of k8s.io/cri-api runtime/v1 with
-the upstream field numbers (lab/cri-runtime-v1-min.proto, a copy of the one in shared/,
-kept in the repo because CI only has the repo); it is compiled on first use into
-lab/_proto/ (git-ignored).
+the upstream field numbers (cri-runtime-v1-min.proto beside this module, a copy of the one in
+shared/, kept in the repo because CI only has the repo); it is compiled on first use into
+lab/runtimes/_proto/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Self
 
 import grpc
 
-_LAB = Path(__file__).resolve().parent
-PROTO = _LAB / "cri-runtime-v1-min.proto"
-OUT = _LAB / "_proto"
+_HERE = Path(__file__).resolve().parent
+PROTO = _HERE / "cri-runtime-v1-min.proto"
+OUT = _HERE / "_proto"
 _MODULE = "cri_runtime_v1_min"  # protoc maps '-' in the file name to '_'
 _lock = threading.Lock()
 
@@ -38,7 +38,7 @@ def _compile() -> None:
         rc = protoc.main(
             [
                 "protoc",
-                f"-I{_LAB}",
+                f"-I{_HERE}",
                 f"--python_out={work}",
                 f"--grpc_python_out={work}",
                 str(PROTO),

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.dockerd import DOCKER_CLI, Dockerd
 from lab.procs import LabError, clean_env
+from lab.runtimes.dockerd import DOCKER_CLI, Dockerd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".lab-cache"
 STANDIN_TAG = "ca-trust-agent-lab/python:3.11-slim-bookworm-standin"
 STANDIN_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "util-linux")

@@ -1,7 +1,7 @@
 """dockerd 20.10 for the lab: no iptables, no bridge, vfs storage, everything under a temp dir.
 
 dockerd has no flag for its certs.d location: it always reads /etc/docker/certs.d. The lab
-therefore runs it only inside the sandbox (lab.sandbox), where /etc/docker is a private
+therefore runs it only inside the sandbox (lab.isolation.sandbox), where /etc/docker is a private
 temp dir -- the one the agent writes to. It starts its own managed containerd under its
 exec-root. Pulls are checked with the docker CLI of the same release (/usr/bin/docker),
 with a private HOME so no user configuration leaks in.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.procs import LabError, clean_env, log_tail, wait_for
-from lab.restart import DaemonSpec, load_state, save_state
-from lab.restart import command as restart_command
+from lab.runtimes.restart import DaemonSpec, load_state, save_state
+from lab.runtimes.restart import command as restart_command
 
 DOCKER_CLI = "/usr/bin/docker"  # the Debian docker.io client, same release as dockerd
 

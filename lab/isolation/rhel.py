@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.isolation.sandbox import HOW_TO_RUN, in_private_mount_namespace
 from lab.procs import LabError, clean_env
-from lab.sandbox import HOW_TO_RUN, in_private_mount_namespace
 
 ANCHORS = Path("/etc/pki/ca-trust/source/anchors")
 EXTRACTED = Path("/etc/pki/ca-trust/extracted")
@@ -45,7 +45,7 @@ CA_BUNDLE_LINK = Path("/etc/pki/tls/certs/ca-bundle.crt")
 DISTRO_SOURCE = Path("/usr/share/pki/ca-trust-source")
 MODULE_CONFIG = "x-init-reserved: paths=/etc/pki/ca-trust/source:/usr/share/pki/ca-trust-source\n"
 MOZILLA_ROOTS = Path("/usr/share/ca-certificates/mozilla")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OS_RELEASE_FIXTURES = REPO / "tests/fixtures/os-release"
 
 # The outputs and flags of the real script (ca-certificates' update-ca-trust, EL8/9).

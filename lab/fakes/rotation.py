@@ -8,7 +8,7 @@ operator's approval, so the cluster's record is never consulted) against a real 
 presenting the new chain. Only the Kubernetes side is replaced, by an in-memory recorder:
 the rotation writes nothing to the API.
 
-    python -m lab.rotation ROOT HOST:PORT sha256:NEW [--scope system] [--kill-in-step N]
+    python -m lab.fakes.rotation ROOT HOST:PORT sha256:NEW [--scope system] [--kill-in-step N]
 
 With `--kill-in-step N` and `CA_TRUST_AGENT_FAILPOINT` set, the failpoint is armed only for
 the N-th real install (1: old + new, 2: new alone), so every step of both installs can be
@@ -45,7 +45,7 @@ from agent.core.remediation import InstallRequest, Result
 from agent.node import failpoints
 from agent.node.engine import Engine
 from agent.node.host import HostFS
-from lab.doubles import FakeRestarts, RecordingRunner, x509_message
+from lab.fakes.doubles import FakeRestarts, RecordingRunner, x509_message
 
 NAMESPACE = "ca-trust-agent"
 NODE = "rotation-node"
@@ -70,7 +70,7 @@ class ArmedEngine(Engine):
 
 
 def node_engine(root: Path, *, kill_in_step: int | None = None) -> ArmedEngine:
-    """A node's engine on `root` (see lab.hostroot): containerd for registry scope; for
+    """A node's engine on `root` (see lab.fakes.hostroot): containerd for registry scope; for
     system scope a stand-in update-ca-certificates that rebuilds the root's bundle and a
     recording runtime restart. The verification is the engine's own TLS check, a real
     handshake with the registry trusting only the file written."""
@@ -150,7 +150,7 @@ def killed_rotation(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.rotation", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.fakes.rotation", description=__doc__)
     parser.add_argument("root", type=Path)
     parser.add_argument("target")
     parser.add_argument("pin")

@@ -6,10 +6,10 @@ Two layouts:
 - `node_layout(base)`: config at /etc/containerd/config.toml, certs.d at
   /etc/containerd/certs.d, socket at /run/containerd/containerd.sock -- where the agent
   looks on a real node -- with root/state/logs under the temp dir. Only inside the
-  sandbox (lab.sandbox), where those paths are private.
+  sandbox (lab.isolation.sandbox), where those paths are private.
 
 The daemon is started detached with a clean environment and its PID recorded in a
-pidfile, so the lab restart command (lab/restart.py) can replace it and the lab still
+pidfile, so the lab restart command (lab/runtimes/restart.py) can replace it and the lab still
 stops the right process afterwards.
 """
 
@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.cri import CriClient, cri_ready
 from lab.procs import LabError, log_tail, wait_for
-from lab.restart import DaemonSpec, load_state, save_state
-from lab.restart import command as restart_command
+from lab.runtimes.cri import CriClient, cri_ready
+from lab.runtimes.restart import DaemonSpec, load_state, save_state
+from lab.runtimes.restart import command as restart_command
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 2.1.9 is Debian unstable's package: `scripts/bootstrap` downloads it with a sources list of
 its own and unpacks it under `.lab-cache/containerd-2.1.9/`, never over the machine's 1.6.
-Each daemon runs in a node namespace of its own (lab/nodens.py): its config at
+Each daemon runs in a node namespace of its own (lab/isolation/nodens.py): its config at
 /etc/containerd/config.toml, its socket at /run/containerd/containerd.sock, exactly where the
 agent looks on a node, while the sandbox's containerd keeps its own. Every config a test
 writes is that node's real config.toml; `restart()` re-reads it, as `systemctl restart
@@ -15,14 +15,14 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from lab.cri import CriClient, cri_ready
-from lab.nodens import NodeNamespace
+from lab.isolation.nodens import NodeNamespace
 from lab.procs import LabError, log_tail, wait_for
-from lab.restart import DaemonSpec, save_state
-from lab.restart import command as restart_command
+from lab.runtimes.cri import CriClient, cri_ready
+from lab.runtimes.restart import DaemonSpec, save_state
+from lab.runtimes.restart import command as restart_command
 
 VERSION = "2.1.9"
-CACHE = Path(__file__).resolve().parents[1] / ".lab-cache"
+CACHE = Path(__file__).resolve().parents[2] / ".lab-cache"
 BIN_DIR = CACHE / f"containerd-{VERSION}" / "usr" / "bin"
 # version -> binary: Debian 12's own 1.6 from PATH, the unpacked 2.x by path
 BINARIES = {"1.6.20": "containerd", VERSION: str(BIN_DIR / "containerd")}

@@ -3,7 +3,7 @@
 The agent restarts a runtime through RestartMethod("command", argv with "{runtime}").
 On a node that is `systemctl restart containerd`; in the lab (no systemd) it is
 
-    <python> <repo>/lab/restart.py --state <lab-state.json> {runtime}
+    <python> <repo>/lab/runtimes/restart.py --state <lab-state.json> {runtime}
 
 which stops the daemon by the PID in its pidfile (SIGTERM, then SIGKILL), starts it again
 with the same argv and a clean environment, detached from the caller's pipes, records the
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by path: make `lab` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lab.procs import (  # after the sys.path fix above
     LabError,

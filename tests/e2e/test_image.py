@@ -131,6 +131,18 @@ def test_what_the_agent_loads_is_precompiled_and_no_pip_is_shipped(image: Image)
     assert (got["pip"], got["nsenter"]) == (False, True)
 
 
+def test_every_module_the_agent_can_import_imports_in_the_image(image: Image) -> None:
+    """Lazy imports included (lab/importcheck.py derives the list from the code): the image
+    holds the runtime dependencies only, so an import only the test extras satisfy fails here."""
+    checker = Path(__file__).resolve().parents[2] / "lab" / "importcheck.py"
+    out = image.run("-I", "/check.py", "--installed", "agent", "--verbose", opts=(
+        "--entrypoint", "/opt/ca-trust-agent/bin/python", "--volume", f"{checker}:/check.py:ro"))
+    print(out.stderr.strip())
+    failures = [line for line in out.stdout.splitlines() if not line.startswith("ok ")]
+    assert (out.returncode, failures) == (0, []), out.stdout + out.stderr
+    assert {"grpc", "google.protobuf:descriptor_pool"} <= set(out.stdout.split())
+
+
 def test_fetch_and_install_into_the_host_root_from_inside_the_image(
     image: Image, tmp_path: Path
 ) -> None:

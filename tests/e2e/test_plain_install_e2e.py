@@ -33,11 +33,11 @@ from typing import Any
 
 import pytest
 
-from lab.containerd2 import CERTS_D, VERSION, Containerd2, available
-from lab.cri import PullResult
-from lab.hostroot import node_root
-from lab.nodens import NodeNamespace
+from lab.fakes.hostroot import node_root
+from lab.isolation.nodens import NodeNamespace
 from lab.procs import CLEAN_PATH
+from lab.runtimes.containerd2 import CERTS_D, VERSION, Containerd2, available
+from lab.runtimes.cri import PullResult
 from tests.e2e.conftest import REPO, CliResult, LabRegistry, timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

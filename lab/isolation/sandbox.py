@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from lab.isolation import mountpoints
 from lab.procs import LabError, clean_env
 
 # Copied onto tmpfs: update-ca-certificates rewrites them, and the copy must start real.
@@ -193,8 +194,8 @@ def _bind_copy(sandbox: Sandbox, path: str, copy: Path) -> None:
 
 
 def _bind_empty(sandbox: Sandbox, path: str) -> None:
-    if not os.path.exists(path):
-        os.makedirs(path)
+    if mountpoints.acquire(path):
+        # made by the lab: shared with other sessions, removed by the last one using it
         sandbox.created.append(path)
     private = sandbox.base / "node" / path.strip("/").replace("/", "-")
     private.mkdir(parents=True)
@@ -209,9 +210,7 @@ def _teardown(sandbox: Sandbox) -> list[str]:
             # a daemon that outlived its fixture keeps it busy; detach rather than leak
             subprocess.run(["umount", "-l", path], capture_output=True, check=False)
     for path in reversed(sandbox.created):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-        if os.path.exists(path):
+        if not mountpoints.release(path):
             problems.append(f"could not remove mountpoint {path}")
     problems += [f"real {p} changed" for p in sandbox.changed_real_paths()]
     for fd in sandbox.real_fds.values():

@@ -164,6 +164,28 @@ def build_image(
     return Built(tag, base, time.monotonic() - began, out)
 
 
+def export_stage(
+    daemon: Dockerd, base: str, stage: str, dest: Path, context: Path = REPO
+) -> float:
+    """The files of one Dockerfile stage written into `dest`, as a release exports the SBOM
+    (`docker build --target STAGE --output type=local,dest=DEST`); the seconds it took."""
+    began = time.monotonic()
+    _checked(
+        docker(
+            daemon,
+            "build",
+            "--progress=plain",
+            "--network=host",
+            "--build-arg", f"PYTHON_IMAGE={base}",
+            "--target", stage,
+            "--output", f"type=local,dest={dest}",
+            str(context),
+        ),
+        f"docker build --target {stage}",
+    )
+    return time.monotonic() - began
+
+
 def locked(lock: Path = IMAGE_LOCK) -> dict[str, str]:
     """A lock's pins: normalized distribution name -> version."""
     pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock.read_text(), re.MULTILINE)

@@ -55,6 +55,8 @@ RUN /tmp/build-backend/bin/pip wheel --no-deps --no-build-isolation --wheel-dir 
 # in a venv of its own (never in the image). Not built by default; a release exports it:
 #   docker build --target sbom --output type=local,dest=dist/ .  -> dist/ca-trust-agent.cdx.json
 FROM build AS sbom-build
+# (an ARG ends with its stage: the mirror, if any, is passed on here again)
+ARG PIP_INDEX_URL
 COPY requirements/sbom.lock ./requirements/
 RUN python -m venv /tmp/sbom-tools \
     && /tmp/sbom-tools/bin/pip install \

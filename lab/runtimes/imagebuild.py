@@ -16,6 +16,7 @@ The build runs with `--network host` (dockerd runs with `--bridge=none`) and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,10 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from lab.procs import LabError, clean_env
 from lab.runtimes.dockerd import DOCKER_CLI, Dockerd
 
 REPO = Path(__file__).resolve().parents[2]
+# The runtime dependencies the Dockerfile installs, hash-pinned (scripts/lock writes it).
+IMAGE_LOCK = REPO / "requirements" / "image.lock"
 CACHE = REPO / ".lab-cache"
 STANDIN_TAG = "ca-trust-agent-lab/python:3.11-slim-bookworm-standin"
 STANDIN_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "util-linux")
@@ -157,6 +162,34 @@ def build_image(
         "docker build",
     )
     return Built(tag, base, time.monotonic() - began, out)
+
+
+def export_stage(
+    daemon: Dockerd, base: str, stage: str, dest: Path, context: Path = REPO
+) -> float:
+    """The files of one Dockerfile stage written into `dest`, as a release exports the SBOM
+    (`docker build --target STAGE --output type=local,dest=DEST`); the seconds it took."""
+    began = time.monotonic()
+    _checked(
+        docker(
+            daemon,
+            "build",
+            "--progress=plain",
+            "--network=host",
+            "--build-arg", f"PYTHON_IMAGE={base}",
+            "--target", stage,
+            "--output", f"type=local,dest={dest}",
+            str(context),
+        ),
+        f"docker build --target {stage}",
+    )
+    return time.monotonic() - began
+
+
+def locked(lock: Path = IMAGE_LOCK) -> dict[str, str]:
+    """A lock's pins: normalized distribution name -> version."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock.read_text(), re.MULTILINE)
+    return {canonicalize_name(name): version for name, version in pins}
 
 
 def image_size(daemon: Dockerd, ref: str) -> int:

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from lab.imagebuild import IMAGE_LOCK, locked
+from lab.runtimes.imagebuild import IMAGE_LOCK, locked
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements"
@@ -82,7 +82,7 @@ def test_the_lock_holds_nothing_the_declared_dependencies_do_not_need() -> None:
 
 
 def test_the_image_lock_and_the_shipped_set_agree() -> None:
-    # lab.imagebuild.locked (what the image test compares the venv and the SBOM with) reads
+    # lab.runtimes.imagebuild.locked (what the image test compares the venv and the SBOM with) reads
     # the same pins as this file's parser
     assert locked() == {name: str(pin.version) for name, pin in pins(IMAGE_LOCK).items()}
     assert "ca-trust-agent" not in locked()  # the agent is installed from its own wheel

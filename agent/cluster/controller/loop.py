@@ -123,7 +123,7 @@ class Controller:
     # agent.cluster.firsttrust (another branch reworks it into a stage that returns a
     # decision) still takes the lock and queues retries through these two; nothing else does
     @property
-    def _lock(self) -> threading.Lock:
+    def _lock(self) -> threading.RLock:
         return self.state.lock
 
     @property

@@ -78,8 +78,9 @@ class WorkQueue:
 
 @dataclass
 class ControllerState:
-    # the one lock; agent.cluster.firsttrust still takes it through `Controller._lock`
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # the one lock. Re-entrant because agent.cluster.firsttrust still takes it (through
+    # `Controller._lock`) around a read of `Controller.policy`, which takes it again.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     queue: WorkQueue = field(default_factory=WorkQueue)
     _opted_in: bool = False
     _runtime: str | None = None

@@ -83,7 +83,7 @@ class Remediation:
         self._log_decision(pod, failure, verdict, policy.scope)
         if verdict.action in (g.DENY, g.REPORT):
             assert verdict.event_reason is not None
-            self._both(pod, verdict.event_reason, verdict.message)
+            self._report(pod, verdict.event_reason, verdict.message)
             if self._metrics:
                 self._metrics.record_remediation(
                     "not-allowed" if verdict.action == g.DENY else "not-remediable", 0.0
@@ -91,7 +91,7 @@ class Remediation:
             self._flights.failed(key)
             return
         assert verdict.endpoint is not None
-        self._both(pod, Reason.UNTRUSTED_REGISTRY_DETECTED, verdict.message)
+        self._report(pod, Reason.UNTRUSTED_REGISTRY_DETECTED, verdict.message)
         req = InstallRequest(
             endpoint=verdict.endpoint,
             registry=verdict.registry,
@@ -119,7 +119,7 @@ class Remediation:
         the failure is queued again, so it is neither lost nor retried in a tight loop."""
         log.error("remediation of %s raised", key, exc_info=exc)
         delay = self._flights.failed(key)
-        self._both(
+        self._report(
             pod,
             Reason.CA_TRUST_FAILED,
             f"Could not trust {key}: the agent failed unexpectedly ({describe_failure(exc)}); "
@@ -252,10 +252,6 @@ class Remediation:
         self._recorder.node(self._node_name, reason.type, reason, message)
         if pod is not None:
             self._recorder.pod(pod.namespace, pod.name, pod.uid, reason.type, reason, message)
-
-    def _both(self, pod: PodRef, reason: Reason, message: str) -> None:
-        self._report(pod, reason, message)
-
 
 def _pod_key(pod: PodRef | None) -> tuple[str, str] | None:
     return (pod.namespace, pod.name) if pod is not None else None

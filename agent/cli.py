@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from agent.status import run as status_run
 
 if TYPE_CHECKING:
     from agent.node.engine import Engine
+    from agent.node.wiring import EngineConfig
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -117,28 +117,27 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0 if error is None else error.exit_code
 
 
-def _engine(args: argparse.Namespace) -> Engine:
-    import shlex
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    from agent.node.wiring import EngineConfig
 
-    from agent.node.engine import Engine
-    from agent.node.host import DirectRunner, HostFS, NsenterRunner
-    from agent.node.runtimes import RestartMethod, restart_method_from_env
-
-    fs = HostFS(args.host_root)
-    use_nsenter = args.runner == "nsenter" or (
-        args.runner == "auto" and os.path.realpath(args.host_root) != "/"
+    return EngineConfig(
+        host_root=args.host_root,
+        runner=args.runner,
+        runtimes=tuple(args.runtime) if args.runtime else None,
+        restart_command=args.restart_command,
     )
-    runner = NsenterRunner() if use_nsenter else DirectRunner()
-    if args.restart_command:
-        method = RestartMethod("command", tuple(shlex.split(args.restart_command)))
-    else:
-        method = restart_method_from_env()
-    return Engine(fs, runner, runtimes=args.runtime, restart_method=method)
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    from agent.node.wiring import build_engine  # the daemon's builder (agent.cluster.daemon)
+
+    return build_engine(_engine_config(args))
 
 
 def _install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from agent.core.options import InstallOptions
     from agent.core.pins import normalize_pin
     from agent.core.render import result_dict, result_text
     from agent.node.engine import InstallRequest
@@ -152,19 +151,21 @@ def _install(args: argparse.Namespace) -> int:
     req = InstallRequest(
         endpoint=_target(args.target),
         registry=_target(args.registry) if args.registry else None,
-        scope=args.scope,
-        restart=args.restart,
+        options=InstallOptions(
+            scope=args.scope,
+            restart=args.restart,
+            dry_run=args.dry_run,
+            allow_docker_restart_without_live_restore=args.allow_docker_restart,
+            hosts_toml=args.hosts_toml,
+        ),
         pins=tuple(normalize_pin(x) for x in args.pin),
         ca_pem=ca_pem,
         source="ca-file" if ca_pem is not None else "fetched",
-        dry_run=args.dry_run,
-        allow_docker_restart_without_live_restore=args.allow_docker_restart,
         sni=args.sni,
         proxy=args.proxy,
         timeout=args.timeout,
         image=args.image,
         verify=args.verify,
-        hosts_toml=args.hosts_toml,
     )
     engine = _engine(args)
     result = engine.install(req)
@@ -199,6 +200,16 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.cluster.config import DaemonConfig
     from agent.cluster.daemon import run
 
-    return run(args)
+    return run(
+        DaemonConfig(
+            node_name=args.node_name or "",
+            engine=_engine_config(args),
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            metrics_address=args.metrics_address,
+            reconcile_seconds=args.reconcile_seconds,
+        )
+    )

@@ -8,11 +8,8 @@ worker, one jittered reconcile timer, the metrics server. SIGTERM stops them all
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import random
-import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +19,7 @@ from typing import Any
 from agent import __version__
 from agent.cluster.casources import CASources
 from agent.cluster.client import KubeClient, RetryPolicy, resource_path
+from agent.cluster.config import DaemonConfig
 from agent.cluster.controller import Controller
 from agent.cluster.events import EventRecorder
 from agent.cluster.evict import Eviction, Recycler, evict
@@ -31,11 +29,11 @@ from agent.cluster.nodes import TrustedRegistriesAnnotation
 from agent.cluster.trustrecord import TrustRecord
 from agent.cluster.watch import Watcher
 from agent.core.errors import InputError
+from agent.core.reasons import Reason
 from agent.core.recycle import DEFAULT_LIMITS, Limits
 from agent.metrics import Metrics, Readiness, serve
 from agent.node.engine import Engine
-from agent.node.host import DirectRunner, HostFS, NsenterRunner
-from agent.node.runtimes import RestartMethod, restart_method_from_env
+from agent.node.wiring import build_engine
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +92,32 @@ class Agent:
         )
         self.engine = engine
         cluster = ApiCluster(client, node_name, evict_client=evict_client)
-        self.controller = Controller(
-            node_name=node_name,
-            engine=engine,
-            recorder=self.recorder,
-            cluster=cluster,
-            metrics=self.metrics,
-        )
-        # recyclePods: idle unless the policy turns it on; its own thread (PDB retries)
+        # recyclePods: idle unless the policy turns it on; its own thread (PDB retries). It
+        # asks the controller (built next, before any thread starts) about the pods.
         self.recycler = Recycler(
             node_name=node_name,
             evict=cluster.evict,
             recorder=self.recorder,
-            still_failing=self.controller.still_failing,
-            enabled=self.controller.recycling_enabled,
+            still_failing=lambda uid, ep: self.controller.still_failing(uid, ep),  # noqa: PLW0108
+            enabled=lambda: self.controller.recycling_enabled(),  # noqa: PLW0108
             metrics=self.metrics,
             limits=recycle_limits,
         )
-        self.controller.recycler = self.recycler
         # safe first trust: a fetched anchor is installed only as the cluster's record allows
         self.trust_record = TrustRecord(client, namespace)
         self.first_trust = FirstTrust(
             self.trust_record, namespace=namespace, policy_name=POLICY_NAME, conflicts=self.metrics
         )
-        self.first_trust.bind(self.controller)
+        self.controller = Controller(
+            node_name,
+            engine,
+            self.recorder,
+            cluster,
+            metrics=self.metrics,
+            recycler=self.recycler,
+            first_trust=self.first_trust,
+        )
+        self.first_trust.bind(self.controller)  # its watch side queues through the controller
         record_path, record_selector = self.trust_record.watch_path()
         self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
@@ -268,27 +268,14 @@ class Agent:
             held = f" (held by {', '.join(holders)})" if holders else ""
             self.recorder.node(
                 self.node_name,
-                "Normal",
-                "ContainerRuntimeRestartDeferred",
+                Reason.CONTAINER_RUNTIME_RESTART_DEFERRED.type,
+                Reason.CONTAINER_RUNTIME_RESTART_DEFERRED,
                 f"Waiting for one of {max_slots} cluster-wide restart slot(s){held} before "
                 f"restarting {runtime}",
             )
 
         with self.slots.slot(runtime, on_wait=on_wait):
             yield
-
-
-def _runner(args: argparse.Namespace) -> DirectRunner | NsenterRunner:
-    use_nsenter = args.runner == "nsenter" or (
-        args.runner == "auto" and os.path.realpath(args.host_root) != "/"
-    )
-    return NsenterRunner() if use_nsenter else DirectRunner()
-
-
-def _restart_method(args: argparse.Namespace) -> RestartMethod:
-    if args.restart_command:
-        return RestartMethod("command", tuple(shlex.split(args.restart_command)))
-    return restart_method_from_env()
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -311,30 +298,30 @@ class MetricsAddressError(InputError):
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.node_name:
+def run(config: DaemonConfig) -> int:
+    """The composition root: everything the agent runs is built here, from `config`."""
+    if not config.node_name:
         raise InputError("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")
-    fs = HostFS(args.host_root)
-    engine = Engine(fs, _runner(args), runtimes=args.runtime, restart_method=_restart_method(args))
+    engine = build_engine(config.engine)
     # the node in the User-Agent: API audit logs then say which agent did what
-    user_agent = f"ca-trust-agent/{__version__} ({args.node_name})"
-    client = KubeClient.from_config(args.kubeconfig, user_agent=user_agent)
+    user_agent = f"ca-trust-agent/{__version__} ({config.node_name})"
+    client = KubeClient.from_config(config.kubeconfig, user_agent=user_agent)
     # evictions: one attempt per call, the Recycler owns the retry schedule
     evict_client = KubeClient.from_config(
-        args.kubeconfig, user_agent=user_agent, retry=RetryPolicy(attempts=1)
+        config.kubeconfig, user_agent=user_agent, retry=RetryPolicy(attempts=1)
     )
     metrics = Metrics()
     agent = Agent(
         client,
-        args.node_name,
-        args.namespace,
+        config.node_name,
+        config.namespace,
         engine,
         metrics=metrics,
-        reconcile_seconds=args.reconcile_seconds,
-        explicit_runtimes=bool(args.runtime),
+        reconcile_seconds=config.reconcile_seconds,
+        explicit_runtimes=config.explicit_runtimes,
         evict_client=evict_client,
     )
-    host, port = _address(args.metrics_address)
+    host, port = _address(config.metrics_address)
     try:
         server = serve(metrics, host=host, port=port, readiness=agent.ready)
     except OSError as exc:
@@ -342,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         # and a non-zero exit (kubelet shows it as the container's last words)
         client.close()
         evict_client.close()
-        raise MetricsAddressError(args.metrics_address, exc) from None
+        raise MetricsAddressError(config.metrics_address, exc) from None
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d", signum)

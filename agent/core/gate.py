@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from agent.core.detect import PullFailure
 from agent.core.hostport import HostPort
 from agent.core.policy import Policy
+from agent.core.reasons import Reason
 
 REMEDIATE = "remediate"
 DENY = "deny"
@@ -22,7 +23,7 @@ IGNORE = "ignore"
 @dataclass(frozen=True)
 class Verdict:
     action: str  # remediate | deny | report | ignore
-    event_reason: str | None  # Event reason to emit first (None: say nothing)
+    event_reason: Reason | None  # Event reason to emit first (None: say nothing)
     message: str
     endpoint: HostPort | None = None
     registry: HostPort | None = None
@@ -45,7 +46,7 @@ def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
         return denied
     return Verdict(
         REMEDIATE,
-        "UntrustedRegistryDetected",
+        Reason.UNTRUSTED_REGISTRY_DETECTED,
         f"x509: certificate signed by unknown authority at {endpoint.key}{image}; "
         f"{'dry run: will show' if policy.dry_run else 'fetching the chain to install'} its CA "
         f"(policy scope {policy.scope})",
@@ -77,20 +78,20 @@ def _report(
             f"x509 failure ({failure.kind}) at {where}{image}; "
             "not a case ca-trust-agent remediates"
         )
-    return Verdict(REPORT, "UntrustedRegistryDetected", why, endpoint, registry)
+    return Verdict(REPORT, Reason.UNTRUSTED_REGISTRY_DETECTED, why, endpoint, registry)
 
 
 def _denied(policy: Policy, endpoint: HostPort, registry: HostPort | None) -> Verdict | None:
     """Default deny: both the failing host and the image's registry must be allowed."""
     decision = policy.decide(endpoint)
     if not decision.allowed:
-        return Verdict(DENY, "RegistryNotAllowed", decision.reason, endpoint, registry)
+        return Verdict(DENY, Reason.REGISTRY_NOT_ALLOWED, decision.reason, endpoint, registry)
     if registry is not None and registry != endpoint:
         reg_decision = policy.decide(registry)
         if not reg_decision.allowed:
             return Verdict(
                 DENY,
-                "RegistryNotAllowed",
+                Reason.REGISTRY_NOT_ALLOWED,
                 f"{endpoint.key} is allowed, but the image's registry {registry.key} is not: "
                 + reg_decision.reason,
                 endpoint,

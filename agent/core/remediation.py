@@ -3,60 +3,83 @@ engine, and what they report back (Events, `--json`, exit codes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from agent.core import plan as p
 from agent.core.errors import InputError, RuntimeRestartError
 from agent.core.hostport import HostPort
+from agent.core.options import (
+    DEFAULT_OPTIONS,
+    HOSTS_TOML_MODES,
+    RESTARTS,
+    SCOPES,
+    InstallOptions,
+)
 from agent.core.pull_verdict import PullVerdict
 
 if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the idle daemon
     from agent.core.trust import Analysis, CertInfo
 
-SCOPES = ("auto", "registry", "system")
-RESTARTS = ("auto", "never")
 # auto: the runtime judges when an image is known and it answers, else a TLS handshake
 VERIFY_MODES = ("auto", "runtime", "tls")
-HOSTS_TOML_MODES = ("refuse", "append")
+
 
 @dataclass(frozen=True)
 class InstallRequest:
+    """One install: where, which anchor (fetched, pinned or given), and how.
+
+    "How" is the `InstallOptions` value the policy (or the CLI) yields: pass it whole as
+    `options=`; its settings are kept as this request's own fields of the same names (so
+    the engine reads `req.scope` and `dataclasses.replace(req, dry_run=True)` works), and
+    `install_options` gives the value back."""
+
     endpoint: HostPort
     registry: HostPort | None = None  # the image's registry (certs.d dir); default: endpoint
-    scope: str = "auto"
-    restart: str = "auto"
+    scope: str = DEFAULT_OPTIONS.scope
+    restart: str = DEFAULT_OPTIONS.restart
     pins: tuple[str, ...] = ()
     ca_pem: bytes | None = None  # --ca-file or policy caPEM: trust this, fetch only to verify
     source: str = "fetched"  # "fetched" | "ca-file" | "policy"
-    dry_run: bool = False
-    allow_docker_restart_without_live_restore: bool = False
+    dry_run: bool = DEFAULT_OPTIONS.dry_run
+    allow_docker_restart_without_live_restore: bool = (
+        DEFAULT_OPTIONS.allow_docker_restart_without_live_restore
+    )
     sni: str | None = None
     proxy: str | None = None
     timeout: float = 10.0
     image: str | None = None  # the image whose pull failed: the runtime pulls it to verify
     verify: str = "auto"
-    hosts_toml: str = "refuse"  # a foreign containerd hosts.toml: refuse, or append our CA
+    hosts_toml: str = DEFAULT_OPTIONS.hosts_toml  # a foreign containerd hosts.toml
     # a chain fetched moments ago (the first-trust preview): analyzed instead of a new fetch
     chain: tuple[CertInfo, ...] | None = field(default=None, repr=False)
     # rotation without a gap: the previous anchor's PEM, written beside the new one in the
     # same file until the new one is verified (agent.cluster.firsttrust then drops it)
     overlap: bytes | None = None
+    # the install settings as one value: when given, they are the request's settings
+    options: InitVar[InstallOptions | None] = None
 
-    def __post_init__(self) -> None:
-        if self.scope not in SCOPES:
-            raise InputError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
-        if self.restart not in RESTARTS:
-            raise InputError(f"restart must be auto or never, not {self.restart!r}")
+    def __post_init__(self, options: InstallOptions | None) -> None:
+        if options is not None:
+            for name in _OPTION_FIELDS:
+                object.__setattr__(self, name, getattr(options, name))  # frozen: set once here
+        else:
+            self.install_options  # noqa: B018 - validates the settings given one by one
         if self.verify not in VERIFY_MODES:
             modes = ", ".join(VERIFY_MODES)
             raise InputError(f"verify must be one of {modes}, not {self.verify!r}")
-        if self.hosts_toml not in HOSTS_TOML_MODES:
-            raise InputError(f"hosts-toml must be refuse or append, not {self.hosts_toml!r}")
         if self.verify == "runtime" and not self.image:
             raise InputError(
                 "verify runtime needs the image to pull (--image REF)", kind="bad-input"
             )
+
+    @property
+    def install_options(self) -> InstallOptions:
+        """The request's install settings as one value (validated when built)."""
+        return InstallOptions(**{name: getattr(self, name) for name in _OPTION_FIELDS})
+
+
+_OPTION_FIELDS = tuple(f.name for f in fields(InstallOptions))
 
 
 @dataclass(frozen=True)
@@ -122,3 +145,14 @@ class Result:
         if self.scope == "registry":
             return "pulls from this registry use it now, no restart needed"
         return "no restart needed"
+
+
+__all__ = [
+    "HOSTS_TOML_MODES",
+    "RESTARTS",
+    "SCOPES",
+    "VERIFY_MODES",
+    "InstallOptions",
+    "InstallRequest",
+    "Result",
+]

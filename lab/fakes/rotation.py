@@ -3,7 +3,7 @@
 A rotation is two engine installs made by `agent.cluster.firsttrust.FirstTrust`: first the
 trust file holds the new anchor with the old one beside it (`InstallRequest.overlap`), and
 once the new one is verified, the new one alone (`CARotated`). This module runs that very
-code (a real `Controller`, `Remediation` and `FirstTrust`, on the pinned path: the pin is the
+code (a real `Controller` with its `FirstTrust`, on the pinned path: the pin is the
 operator's approval, so the cluster's record is never consulted) against a real TLS server
 presenting the new chain. Only the Kubernetes side is replaced, by an in-memory recorder:
 the rotation writes nothing to the API.
@@ -114,10 +114,10 @@ def rotate(engine: Engine, target: str, pin: str, *, scope: str = "registry") ->
     (the new anchor) approved: the rotation, or a plain install when the ledger holds no
     other anchor."""
     events = Events()
-    controller = Controller(node_name=NODE, engine=engine, recorder=events, cluster=events)
     config = Configuration()
     config.host = "http://127.0.0.1:9"  # never contacted: a pinned registry skips the record
     first_trust = FirstTrust(TrustRecord(KubeClient(config), NAMESPACE), namespace=NAMESPACE)
+    controller = Controller(NODE, engine, events, events, first_trust=first_trust)
     first_trust.bind(controller)
     endpoint = parse_hostport(target)
     image = f"{target}/lab/tiny:v1"
@@ -127,7 +127,7 @@ def rotate(engine: Engine, target: str, pin: str, *, scope: str = "registry") ->
     # host-root tree, so the engine's TLS check is the verification either way.
     req = InstallRequest(endpoint=endpoint, registry=endpoint, scope=scope, pins=(pin,))
     pod = PodRef("default", "web", "uid-web")
-    first_trust.remediate(controller._remediation, req, pod, failure, endpoint.key)
+    controller.remediate(req, pod, failure, endpoint.key)  # through first trust, as the daemon
     return events
 
 

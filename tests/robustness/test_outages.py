@@ -91,7 +91,7 @@ def test_a_failure_made_during_a_one_minute_api_outage_is_fixed_when_it_returns(
     # records the pod; no new Event is due)
     w.fail_pod("after-outage")
     wait_until(
-        lambda: agent.controller._failing.get(
+        lambda: agent.controller.state.is_failing(
             (w.api.get_object("pods", "shop", "after-outage") or {})["metadata"]["uid"]
         ),
         timeout=10,

@@ -9,10 +9,13 @@ Everything the controller does to the cluster goes through two narrow interfaces
 recyclePods, a `PodRecycler` that evicts in its own thread) — so tests can drive it directly
 and the daemon wires it to the real API.
 
-`loop` holds the `Controller` (its state, queue and worker) and delegates to one part per
-concern: `watch` (what events record and enqueue), `remediate` (gate -> engine -> Events,
-metrics -> recyclePods) and `reconcile` (policy sync, repairs, expiry warnings, the node
-annotation). `interfaces` holds what they share.
+`loop` holds the `Controller`: it owns the shared state (`state`: the lock, the policy
+snapshot, the opt-in, the failing pods, the queue), builds one step per concern with what
+that step uses, and runs the worker. The steps never import each other (import-linter
+keeps it so): `watch` (what events record and enqueue), `remediate` (gate -> first trust
+-> engine -> Events, metrics -> recyclePods), `reconcile` (policy sync, repairs, expiry
+warnings) and `publish` (the node annotation and trust metrics, where both end).
+`interfaces` holds what they share.
 """
 
 from __future__ import annotations

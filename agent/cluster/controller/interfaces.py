@@ -1,6 +1,7 @@
 """What the controller's parts share: the narrow interfaces to the outside world (Events,
 the cluster reads and patches, metrics, the pod recycler), the pod reference a watch event
-becomes, and the work item the watch side queues for the worker."""
+becomes, the work item the watch side queues for the worker, and the two seams between
+the steps of a remediation (`Installer`, `FirstTrustStep`), so no part imports another."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agent.core.detect import PullFailure
+from agent.core.reasons import NORMAL, WARNING
 from agent.core.recycle import FailingPod, Owner
-
-NORMAL = "Normal"
-WARNING = "Warning"
+from agent.core.remediation import InstallRequest, Result
 
 
 class Recorder(Protocol):
@@ -63,3 +63,35 @@ class Work:
     failure: PullFailure | None = None
     image: str | None = None
     key: str | None = None  # "repair": the ledger entry to finish (an owed restart)
+
+
+class Installer(Protocol):
+    """The last step of a remediation: the engine installs `req`, and the outcome is
+    reported (Events, metrics, the node annotation). `key` is the flight-control key."""
+
+    def install(self, req: InstallRequest, pod: PodRef | None, key: str) -> Result | None: ...
+
+
+class FirstTrustStep(Protocol):
+    """Safe first trust (agent.cluster.firsttrust.FirstTrust) as the remediation step sees
+    it: decide whether a fetched anchor may be installed, and install it through `rem`
+    (an `Installer`; typed `Any` because FirstTrust names the concrete `Remediation` until
+    it becomes a stage that returns its decision instead of installing, branch fleet)."""
+
+    def remediate(
+        self, rem: Any, req: InstallRequest, pod: PodRef, failure: PullFailure, key: str
+    ) -> Result | None: ...
+
+
+__all__ = [
+    "NORMAL",
+    "WARNING",
+    "Cluster",
+    "FirstTrustStep",
+    "Installer",
+    "Metrics",
+    "PodRecycler",
+    "PodRef",
+    "Recorder",
+    "Work",
+]

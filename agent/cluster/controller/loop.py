@@ -1,81 +1,134 @@
-"""`Controller`: the state its parts share, the work queue, and the one worker that drains it.
+"""`Controller`: the composition of the controller's steps, the worker that drains the
+queue, and the one owner of their shared state.
 
-The public methods delegate to three parts, one per concern: `Watch` (watch callbacks, the
-failing pods by uid, pod Event lookups), `Remediation` (gate -> engine -> Events and metrics
--> recyclePods) and `PolicySync` (caPEM entries, delisted registries, repairs, expiry
-warnings, the node annotation). The state stays on the controller, behind its one lock, so
-the daemon and the tests keep reading and replacing it there (`policy`, `clock`, `recycler`).
+Data flows one way: the watch side (`Watch`) writes the state and queues work; the worker
+takes one item at a time and hands it to the remediation step (`Remediation`: gate ->
+first trust -> engine -> Events, metrics, recyclePods) or the declarative step
+(`PolicySync`, which installs through the remediation's last step); both end at the
+`Publisher` (the node annotation, the trust metrics). Each step is built here with what it
+uses; none of them knows the controller or another step's fields.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.cluster.controller.interfaces import (
-    WARNING,
     Cluster,
+    FirstTrustStep,
     Metrics,
     PodRecycler,
     PodRef,
     Recorder,
     Work,
 )
+from agent.cluster.controller.publish import Publisher
 from agent.cluster.controller.reconcile import PolicySync
 from agent.cluster.controller.remediate import Remediation
+from agent.cluster.controller.state import ControllerState, WorkQueue
 from agent.cluster.controller.watch import Watch
 from agent.core.detect import PullFailure
 from agent.core.errors import describe_failure
 from agent.core.flights import Flights
-from agent.core.policy import DEFAULT_POLICY, Policy, Resolved
+from agent.core.policy import Policy, Resolved
+from agent.core.reasons import Reason
+from agent.core.remediation import InstallRequest, Result
 from agent.node.engine import Engine
-
-if TYPE_CHECKING:
-    from agent.cluster.firsttrust import FirstTrust
 
 # the name the controller has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.controller")
 
+# the work kinds that are queued again after an unexpected failure (a lookup is redone by
+# the next pod event, a failure by its own retry)
+_RETRIED = ("sync", "reconcile", "repair")
 
-@dataclass
+
 class Controller:
-    node_name: str
-    engine: Engine
-    recorder: Recorder
-    cluster: Cluster
-    metrics: Metrics | None = None
-    recycler: PodRecycler | None = None
-    first_trust: FirstTrust | None = None  # safe first trust; None: a fetch decides alone
-    flights: Flights = field(default_factory=lambda: Flights(clock=time.monotonic))
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    def __init__(
+        self,
+        node_name: str,
+        engine: Engine,
+        recorder: Recorder,
+        cluster: Cluster,
+        *,
+        metrics: Metrics | None = None,
+        recycler: PodRecycler | None = None,
+        first_trust: FirstTrustStep | None = None,  # safe first trust; None: a fetch decides
+        flights: Flights | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.node_name = node_name
+        self.engine = engine
+        self.recorder = recorder
+        self.metrics = metrics
+        self.flights = flights or Flights(clock=time.monotonic)
+        self.clock = clock  # the reconcile's "now" (expiry warnings)
+        self.state = ControllerState()
+        self._first_trust = first_trust
+        self._watch = Watch(
+            self.state, node_name=node_name, recorder=recorder, cluster=cluster,
+            flights=self.flights,
+        )
+        publisher = Publisher(
+            node_name=node_name, engine=engine, recorder=recorder, cluster=cluster,
+            metrics=metrics,
+        )
+        self._remediation = Remediation(
+            self.state, node_name=node_name, engine=engine, recorder=recorder,
+            flights=self.flights, publisher=publisher, metrics=metrics, recycler=recycler,
+            first_trust=first_trust,
+        )
+        self._policy_sync = PolicySync(
+            self.state, node_name=node_name, engine=engine, recorder=recorder,
+            installer=self._remediation, publisher=publisher,
+        )
 
-    opted_in: bool = False
-    runtime: str | None = None
-    policy: Policy = DEFAULT_POLICY
-    policy_loaded: bool = False  # a policy came from the ConfigMap: removals are allowed
-    # caFrom sources as the cluster side last found them (agent.cluster.casources)
-    ca_sources: Resolved = field(default_factory=dict)
-    _queue: queue.Queue[Work] = field(default_factory=queue.Queue)
-    _lookups: dict[str, float] = field(default_factory=dict)
-    _failing: dict[str, tuple[PodRef, list[PullFailure]]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _last_policy_error: str | None = None
+    # ------------------------------------------------------------ the state
 
-    # the parts: built from the fields above, never passed in
-    _watch: Watch = field(init=False, repr=False, compare=False)
-    _remediation: Remediation = field(init=False, repr=False, compare=False)
-    _policy_sync: PolicySync = field(init=False, repr=False, compare=False)
+    @property
+    def opted_in(self) -> bool:
+        return self.state.opted_in
 
-    def __post_init__(self) -> None:
-        self._watch = Watch(self)
-        self._remediation = Remediation(self)
-        self._policy_sync = PolicySync(self)
+    @property
+    def runtime(self) -> str | None:
+        return self.state.runtime
+
+    @property
+    def policy(self) -> Policy:
+        return self.state.policy
+
+    @property
+    def policy_loaded(self) -> bool:
+        return self.state.snapshot().policy_loaded
+
+    @property
+    def ca_sources(self) -> Resolved:
+        return self.state.snapshot().ca_sources
+
+    @property
+    def first_trust(self) -> FirstTrustStep | None:
+        return self._first_trust
+
+    @first_trust.setter
+    def first_trust(self, step: FirstTrustStep | None) -> None:
+        # FirstTrust.bind(controller) sets it (agent.cluster.firsttrust)
+        self._first_trust = step
+        self._remediation.use_first_trust(step)
+
+    # agent.cluster.firsttrust (another branch reworks it into a stage that returns a
+    # decision) still takes the lock and queues retries through these two; nothing else does
+    @property
+    def _lock(self) -> threading.RLock:
+        return self.state.lock
+
+    @property
+    def _queue(self) -> WorkQueue:
+        return self.state.queue
 
     # ------------------------------------------------------------ watch side
 
@@ -88,9 +141,7 @@ class Controller:
 
     def on_ca_sources(self, resolved: Resolved) -> None:
         """The caFrom sources changed (a bundle rotated, appeared or went): re-sync."""
-        with self._lock:
-            self.ca_sources = dict(resolved)
-        self._queue.put(Work("sync"))
+        self._watch.on_ca_sources(resolved)
 
     def on_pod(self, obj: Mapping[str, Any]) -> None:
         self._watch.on_pod(obj)
@@ -99,36 +150,43 @@ class Controller:
         self._watch.on_pod_deleted(obj)
 
     def request_reconcile(self) -> None:
-        self._queue.put(Work("reconcile"))
+        self.state.queue.put(Work("reconcile"))
 
     def stop(self) -> None:
-        self._queue.put(Work("stop"))
+        self.state.queue.put(Work("stop"))
 
     # ----------------------------------------------------------- worker side
 
     def work(self, stop: threading.Event) -> None:
         """The worker loop: one item at a time until stopped."""
         while not stop.is_set():
-            try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
+            item = self.state.queue.get(timeout=0.5)
+            if item is None:
                 continue
             if item.kind == "stop":
+                self.state.queue.done()
                 return
             try:
                 self.process(item)
             except Exception as exc:  # the loop must survive anything one item does
                 self._failed_item(item, exc)
+            finally:
+                self.state.queue.done()
 
     def drain(self) -> None:
         """Process everything queued (tests and shutdown)."""
-        while True:
+        while (item := self.state.queue.get_nowait()) is not None:
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item.kind != "stop":
-                self.process(item)
+                if item.kind != "stop":
+                    self.process(item)
+            finally:
+                self.state.queue.done()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker has finished every item queued so far: the explicit
+        "the agent has processed what it was shown" (tests wait on it instead of sleeping).
+        False when `timeout` passes first."""
+        return self.state.queue.wait_idle(timeout)
 
     def _failed_item(self, item: Work, exc: Exception) -> None:
         """An item other than a remediation raised (those report themselves): count it,
@@ -136,58 +194,62 @@ class Controller:
         log.exception("work item %s failed", item.kind)
         if self.metrics:
             self.metrics.record_work_failure(item.kind)
-        if item.kind not in ("sync", "reconcile", "repair"):
-            return  # a lookup is redone by the next pod event
+        if item.kind not in _RETRIED:
+            return
         delay = self.flights.failed(f"work:{item.kind}:{item.key or ''}")
+        reason = Reason.CA_TRUST_FAILED
         self.recorder.node(
             self.node_name,
-            WARNING,
-            "CATrustFailed",
+            reason.type,
+            reason,
             f"The agent's {item.kind} step failed unexpectedly ({describe_failure(exc)}); "
             f"retrying in {delay:.0f}s",
         )
-        self._later(delay, item)
+        self.state.queue.later(delay, item)
 
     def process(self, item: Work) -> None:
         if item.kind == "failure" and item.failure is not None and item.pod is not None:
-            self.handle_failure(item.pod, item.failure)
+            self._remediation.handle_failure(item.pod, item.failure)
         elif item.kind == "retry" and item.failure is not None and item.pod is not None:
             # a retry after an unexpected failure, only while the pod still fails: its status
             # says so, or (a failure known from its Events only) its newest Event does
-            with self._lock:
-                failing = item.pod.uid in self._failing
-            if failing:
-                self.handle_failure(item.pod, item.failure)
+            if self.state.is_failing(item.pod.uid):
+                self._remediation.handle_failure(item.pod, item.failure)
             else:
-                self._watch.lookup(item.pod, item.failure.image)
+                self._lookup(item.pod, item.failure.image)
         elif item.kind == "lookup" and item.pod is not None:
-            self._watch.lookup(item.pod, item.image)
+            self._lookup(item.pod, item.image)
         elif item.kind == "sync":
             self.sync_policy()
         elif item.kind == "reconcile":
             self.reconcile()
         elif item.kind == "repair" and item.key is not None:
-            entry = self._policy_sync.entries().get(item.key)
-            if entry is not None:
-                self._policy_sync.repair(item.key, entry)
+            self._policy_sync.repair_entry(item.key)
 
-    def _later(self, delay: float, item: Work) -> None:
-        timer = threading.Timer(delay, self._queue.put, args=(item,))
-        timer.daemon = True  # a pending retry never keeps a stopping agent alive
-        timer.start()
+    def _lookup(self, pod: PodRef, image: str | None) -> None:
+        failure = self._watch.lookup(pod, image)
+        if failure is not None:
+            self._remediation.handle_failure(pod, failure)
 
     # ------------------------------------------------------------ decisions
 
     def handle_failure(self, pod: PodRef, failure: PullFailure) -> None:
         self._remediation.handle_failure(pod, failure)
 
+    def remediate(
+        self, req: InstallRequest, pod: PodRef, failure: PullFailure, key: str
+    ) -> Result | None:
+        """Install `req` for a failing pod the way a remediation does (first trust
+        included), past the gate: for drivers that built the request themselves."""
+        return self._remediation.remediate(req, pod, failure, key)
+
     def recycling_enabled(self) -> bool:
-        return self._remediation.recycling_enabled()
+        return self.state.recycling_enabled()
 
     def still_failing(self, uid: str, endpoint: str) -> bool:
         """The pod's latest status still shows a pull failure at `endpoint` (the recycler
         asks right before evicting: kubelet's own retry may have fixed it meanwhile)."""
-        return self._remediation.still_failing(uid, endpoint)
+        return self.state.still_failing(uid, endpoint)
 
     # ------------------------------------------------------ declarative side
 
@@ -198,4 +260,4 @@ class Controller:
     def reconcile(self) -> None:
         """Periodic: converge half-done work, re-apply policy, recreate deleted anchors,
         warn about anchors that expire within 30 days."""
-        self._policy_sync.reconcile()
+        self._policy_sync.reconcile(self.clock())

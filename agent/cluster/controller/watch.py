@@ -1,25 +1,32 @@
-"""The controller's watch side: what Node, ConfigMap and Pod events record and enqueue.
+"""The controller's watch side: what Node, ConfigMap, Pod and caFrom events record and
+enqueue.
 
-Callbacks here only update the controller's state (opt-in, runtime, policy, the failing pods
-by uid) and queue work for the worker; the one thing that runs on the worker is the lookup of
-a pod's Events, for failures whose status carries no error text."""
+Callbacks here only write the shared state (opt-in, runtime, policy, the failing pods by
+uid) and queue work for the worker; the one thing that runs on the worker is the lookup of
+a pod's Events, for failures whose status carries no error text, which returns the failure
+it found for the worker to hand on (the watch side never remediates)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.cluster.controller.interfaces import WARNING, PodRef, Work
-from agent.core.detect import PodPullFailure, pull_failure_from_event, pull_failures_from_pod
+from agent.cluster.controller.interfaces import Cluster, PodRef, Recorder, Work
+from agent.cluster.controller.state import ControllerState
+from agent.core.detect import (
+    PodPullFailure,
+    PullFailure,
+    pull_failure_from_event,
+    pull_failures_from_pod,
+)
 from agent.core.errors import PolicyError
 from agent.core.firsttrust import approvals, with_approvals
-from agent.core.policy import parse_policy
+from agent.core.flights import Flights
+from agent.core.policy import Resolved, parse_policy
+from agent.core.reasons import Reason
 from agent.core.recycle import controller_owner
-
-if TYPE_CHECKING:
-    from agent.cluster.controller.loop import Controller
 
 # the name the controller has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.controller")
@@ -32,33 +39,40 @@ EVENT_LOOKUP_INTERVAL = 30.0
 
 
 class Watch:
-    """The watch-side part of a `Controller`: its state lives on the controller, shared
-    with the worker under the controller's lock."""
+    """The watch-side step: writes `state`, puts work on `state.queue`."""
 
-    def __init__(self, ctl: Controller) -> None:
-        self._c = ctl
+    def __init__(
+        self,
+        state: ControllerState,
+        *,
+        node_name: str,
+        recorder: Recorder,
+        cluster: Cluster,
+        flights: Flights,
+    ) -> None:
+        self._state = state
+        self._node_name = node_name
+        self._recorder = recorder
+        self._cluster = cluster
+        self._flights = flights
 
     def on_node(self, obj: Mapping[str, Any] | None) -> None:
-        c = self._c
         annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
         opted = annotations.get(OPT_IN_ANNOTATION) == "enabled"
         version = (((obj or {}).get("status") or {}).get("nodeInfo") or {}).get(
             "containerRuntimeVersion"
         )
-        with c._lock:
-            was = c.opted_in
-            c.opted_in = opted
-            c.runtime = version.split("://", 1)[0] if isinstance(version, str) else None
+        runtime = version.split("://", 1)[0] if isinstance(version, str) else None
+        was = self._state.set_node(opted, runtime)
         if opted and not was:
-            log.info("node %s opted in", c.node_name)
-            c._queue.put(Work("sync"))
+            log.info("node %s opted in", self._node_name)
+            self._state.queue.put(Work("sync"))
             self.requeue_failing()
         elif was and not opted:
-            log.info("node %s opted out: idle", c.node_name)
+            log.info("node %s opted out: idle", self._node_name)
 
     def on_policy(self, obj: Mapping[str, Any] | None) -> None:
         """A ConfigMap event. Deleted or broken: keep the last good policy and say so."""
-        c = self._c
         if obj is None:
             self._policy_problem(
                 "ConfigMap ca-trust-agent was deleted; keeping the last good policy"
@@ -77,33 +91,30 @@ class Watch:
             return
         # operator approvals (`approve.*` keys beside policy.yaml) become pins
         policy = with_approvals(policy, approvals(obj.get("data") or {}))
-        with c._lock:
-            changed = policy != c.policy or not c.policy_loaded
-            c.policy = policy
-            c.policy_loaded = True
-            c._last_policy_error = None
-        if changed:
+        if self._state.set_policy(policy):
             log.info(
                 "policy loaded: %d registries, scope %s, dryRun %s",
                 len(policy.registries),
                 policy.scope,
                 policy.dry_run,
             )
-            c.flights.forget_all()
-            c._queue.put(Work("sync"))
+            self._flights.forget_all()
+            self._state.queue.put(Work("sync"))
             self.requeue_failing()
 
     def _policy_problem(self, message: str) -> None:
-        c = self._c
-        with c._lock:
-            if message == c._last_policy_error:
-                return
-            c._last_policy_error = message
+        if not self._state.policy_problem(message):
+            return
         log.warning("%s", message)
-        c.recorder.node(c.node_name, WARNING, "PolicyInvalid", message)
+        reason = Reason.POLICY_INVALID
+        self._recorder.node(self._node_name, reason.type, reason, message)
+
+    def on_ca_sources(self, resolved: Resolved) -> None:
+        """The caFrom sources changed (a bundle rotated, appeared or went): re-sync."""
+        self._state.set_sources(resolved)
+        self._state.queue.put(Work("sync"))
 
     def on_pod(self, obj: Mapping[str, Any]) -> None:
-        c = self._c
         meta = obj.get("metadata") or {}
         ref = PodRef(
             meta.get("namespace", ""),
@@ -111,65 +122,42 @@ class Watch:
             meta.get("uid", ""),
             controller_owner(meta),
         )
-        failures = [p.failure for p in pull_failures_from_pod(obj) if p.failure is not None]
-        with c._lock:
-            # Remember who is failing now, so a policy change or an opt-in can act on them
-            # at once instead of waiting for kubelet's next back-off (up to 5 minutes).
-            if failures:
-                c._failing[ref.uid] = (ref, failures)
-            else:
-                c._failing.pop(ref.uid, None)
-        if not c.opted_in:
+        found = pull_failures_from_pod(obj)
+        self._state.pod_seen(ref, [p.failure for p in found if p.failure is not None])
+        if not self._state.opted_in:
             return
-        for ppf in pull_failures_from_pod(obj):
+        for ppf in found:
             if ppf.failure is not None:
-                c._queue.put(Work("failure", ref, ppf.failure, ppf.image))
+                self._state.queue.put(Work("failure", ref, ppf.failure, ppf.image))
             else:
                 self._maybe_lookup(ref, ppf)
         if _creating_sandbox(obj):
             self._maybe_lookup(ref, None)
 
     def on_pod_deleted(self, obj: Mapping[str, Any]) -> None:
-        c = self._c
-        uid = (obj.get("metadata") or {}).get("uid", "")
-        with c._lock:
-            c._failing.pop(uid, None)
-            c._lookups.pop(uid, None)
+        self._state.pod_gone((obj.get("metadata") or {}).get("uid", ""))
 
     def requeue_failing(self) -> None:
-        c = self._c
-        with c._lock:
-            failing = list(c._failing.values())
-        for ref, failures in failing:
+        for ref, failures in self._state.failing():
             for failure in failures:
-                c._queue.put(Work("failure", ref, failure, failure.image))
+                self._state.queue.put(Work("failure", ref, failure, failure.image))
 
     def _maybe_lookup(self, ref: PodRef, ppf: PodPullFailure | None) -> None:
-        c = self._c
-        now = time.monotonic()
-        with c._lock:
-            if now - c._lookups.get(ref.uid, -1e9) < EVENT_LOOKUP_INTERVAL:
-                return
-            c._lookups[ref.uid] = now
-            if len(c._lookups) > 10000:  # bounded: forget the oldest half
-                for uid, _ in sorted(c._lookups.items(), key=lambda kv: kv[1])[:5000]:
-                    del c._lookups[uid]
-        c._queue.put(Work("lookup", ref, image=ppf.image if ppf else None))
+        if self._state.lookup_due(ref.uid, time.monotonic(), EVENT_LOOKUP_INTERVAL):
+            self._state.queue.put(Work("lookup", ref, image=ppf.image if ppf else None))
 
-    def lookup(self, pod: PodRef, image: str | None) -> None:
-        """On the worker: the newest pull failure among the pod's Events, if any, handled."""
-        c = self._c
+    def lookup(self, pod: PodRef, image: str | None) -> PullFailure | None:
+        """On the worker: the newest pull failure among the pod's Events, if any."""
         try:
-            events = c.cluster.pod_events(pod.namespace, pod.uid)
+            events = self._cluster.pod_events(pod.namespace, pod.uid)
         except Exception as exc:
             log.warning("cannot list events of pod %s/%s: %s", pod.namespace, pod.name, exc)
-            return
-        newest = sorted(events, key=_event_time, reverse=True)
-        for ev in newest:
+            return None
+        for ev in sorted(events, key=_event_time, reverse=True):
             failure = pull_failure_from_event(ev, image)
             if failure is not None:
-                c.handle_failure(pod, failure)
-                return
+                return failure
+        return None
 
 
 def _creating_sandbox(pod: Mapping[str, Any]) -> bool:

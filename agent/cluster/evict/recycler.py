@@ -19,6 +19,7 @@ from typing import Protocol
 from agent.cluster import oplog
 from agent.cluster.evict.eviction import EVICTED, GONE, REFUSED, RETRY, Eviction
 from agent.cluster.evict.passes import Pass, Task, final_summary, summary
+from agent.core.reasons import NORMAL, WARNING, Reason
 from agent.core.recycle import (
     DEFAULT_LIMITS,
     FailingPod,
@@ -32,9 +33,7 @@ from agent.core.recycle import (
 # the name the recycler has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.evict")
 
-REASON = "PodRecycled"
-NORMAL = "Normal"
-WARNING = "Warning"
+REASON = Reason.POD_RECYCLED
 
 
 class Recorder(Protocol):
@@ -271,7 +270,7 @@ class Recycler:
                 pod.name,
                 pod.uid,
                 NORMAL,
-                "CATrusted",
+                Reason.CA_TRUSTED,
                 f"registry {run.endpoint} is trusted now; {why}, so kubelet will retry the "
                 "pull at its next back-off",
             )
@@ -339,7 +338,7 @@ class Recycler:
             pod.name,
             pod.uid,
             NORMAL,
-            "CATrusted",
+            Reason.CA_TRUSTED,
             f"registry {endpoint} is trusted now; kubelet will retry the pull at its next back-off",
         )
 

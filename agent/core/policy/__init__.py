@@ -30,6 +30,7 @@ of policy.yaml (`schema` for the document, `registries` for its `registries` ent
 `problems` for how each problem is collected and worded).
 """
 
+from agent.core.options import HOSTS_TOML_MODES, RESTARTS, SCOPES, InstallOptions
 from agent.core.policy.model import (
     APPROVALS,
     DEFAULT_POLICY,
@@ -38,8 +39,6 @@ from agent.core.policy.model import (
     MAX_POLICY_BYTES,
     MAX_REGISTRIES,
     MAX_REPORTED_ERRORS,
-    RESTARTS,
-    SCOPES,
     CASource,
     Decision,
     Policy,
@@ -51,6 +50,7 @@ from agent.core.policy.schema import parse_policy
 __all__ = [
     "APPROVALS",
     "DEFAULT_POLICY",
+    "HOSTS_TOML_MODES",
     "MAX_CA_PEM_BYTES",
     "MAX_PINS",
     "MAX_POLICY_BYTES",
@@ -60,6 +60,7 @@ __all__ = [
     "SCOPES",
     "CASource",
     "Decision",
+    "InstallOptions",
     "Policy",
     "RegistryRule",
     "Resolved",

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.core.hostport import DEFAULT_PORT, HostPort
+from agent.core.options import InstallOptions
 
 MAX_POLICY_BYTES = 1 << 20
 # Bounds that keep a document full of YAML aliases from multiplying the work.
@@ -20,11 +21,8 @@ MAX_PINS = 64
 MAX_CA_PEM_BYTES = 256 * 1024
 MAX_REPORTED_ERRORS = 20
 
-SCOPES = ("registry", "system", "auto")
-RESTARTS = ("auto", "never")
 # safe first trust (agent.core.firsttrust): "required" = an operator approves every anchor
 APPROVALS = ("none", "required")
-HOSTS_TOML_MODES = ("refuse", "append")
 MAX_CONFIRMATIONS = 1000
 
 
@@ -140,6 +138,11 @@ class Policy:
     # conflict, write nothing) or "append" (add our CA to its `ca`; remove restores it)
     hosts_toml: str = "refuse"
     registries: tuple[RegistryRule, ...] = field(default=())
+
+    @property
+    def install_options(self) -> InstallOptions:
+        """How this policy has the engine install: its `InstallOptions` fields, by name."""
+        return InstallOptions(**{f.name: getattr(self, f.name) for f in fields(InstallOptions)})
 
     def rule_for(self, endpoint: HostPort) -> RegistryRule | None:
         matching = [rule for rule in self.registries if rule.matches(endpoint)]

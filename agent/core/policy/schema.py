@@ -10,13 +10,11 @@ from typing import Any
 import yaml
 
 from agent.core.errors import PolicyError
+from agent.core.options import HOSTS_TOML_MODES, RESTARTS, SCOPES
 from agent.core.policy.model import (
     APPROVALS,
     DEFAULT_POLICY,
-    HOSTS_TOML_MODES,
     MAX_POLICY_BYTES,
-    RESTARTS,
-    SCOPES,
     Policy,
 )
 from agent.core.policy.problems import _Errors, _shown, _unknown_keys

@@ -151,7 +151,9 @@ def test_a_thousand_failing_pods_make_one_fetch_and_one_trusted_event(
     for i in range(1000):
         cluster.fail_pod(f"web-{i}")
     wait_until(lambda: cluster.node_events(reason="CATrusted"), timeout=30)
-    time.sleep(0.5)
+    # the agent has seen every pod fail and finished all the work they queued
+    wait_until(lambda: len(running.controller.state.failing()) == 1000, timeout=30)
+    wait_until(running.controller.wait_idle)
     running.recorder.flush()
     events = cluster.node_events(reason="CATrusted")
     assert len(events) == 1 and events[0].get("count", 1) == 1
@@ -163,7 +165,10 @@ def test_pods_on_other_nodes_are_never_sent_to_this_agent(cluster: Cluster, runn
     before = cluster.api.bytes_sent(f"ca-trust-agent/test ({NODE})")
     for i in range(200):
         cluster.fail_pod(f"elsewhere-{i}", node="node-b")
-    time.sleep(0.5)
+    # the agent's pods watch has reached the version of the last write (a BOOKMARK says
+    # so): whatever the API server would send this node about those pods, it has sent
+    written = cluster.api.resource_version
+    wait_until(lambda: int(running.watchers["pods"].resource_version or 0) >= written)
     assert cluster.api.bytes_sent(f"ca-trust-agent/test ({NODE})") - before < 2048  # bookmarks only
     assert cluster.node_events() == []
 
@@ -175,7 +180,10 @@ def test_a_node_that_has_not_opted_in_stays_idle(cluster: Cluster) -> None:
     try:
         wait_until(lambda: agent.ready().ready)
         cluster.fail_pod("web-1")
-        time.sleep(0.5)
+        uid = (cluster.api.get_object("pods", "shop", "web-1") or {})["metadata"]["uid"]
+        wait_until(lambda: agent.controller.state.is_failing(uid))  # seen, and left alone
+        assert agent.controller.wait_idle()
+        agent.recorder.flush()
         assert cluster.node_events() == []
         assert cluster.server.handshakes == 0
         cluster.api.put_object(node_object(NODE, opted_in=True))  # the operator opts in

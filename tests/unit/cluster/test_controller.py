@@ -466,9 +466,8 @@ class CountingMetrics:
 def test_a_remediation_that_raises_is_reported_counted_and_retried(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    c = world.controller
     metrics = CountingMetrics()
-    c.metrics = metrics
+    c = Controller(NODE, world.controller.engine, world.recorder, world.cluster, metrics=metrics)
     c.flights.base = 0.05  # the back-off, shortened for the test
     real_install = c.engine.install
     second = threading.Event()

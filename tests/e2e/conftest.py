@@ -23,16 +23,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lab.isolation.netns import NetnsHost, free_slash30, netns_host
-from lab.isolation.sandbox import (
-    HOW_TO_RUN,
-    Sandbox,
-    in_private_mount_namespace,
-    isolate_node_paths,
-)
 from lab.procs import become_subreaper, free_port
 from lab.registry.distribution import Registry, run_registry
 from lab.registry.push import push_tiny_image
@@ -40,6 +35,14 @@ from lab.runtimes.containerd import Containerd, node_layout, run_containerd
 from lab.runtimes.cri import PullResult
 from lab.runtimes.dockerd import Dockerd, run_dockerd
 from lab.runtimes.dockerd import layout as dockerd_layout
+from lab.runtimes.imagebuild import (
+    Built,
+    build_image,
+    docker,
+    import_standin,
+    layers,
+    standin_rootfs,
+)
 from lab.tls.pki import PKI, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,3 +230,68 @@ def agent_cli(
         check=False,
     )
     return CliResult(argv, result.returncode, result.stdout, result.stderr)
+
+
+# The DaemonSet's securityContext and volumes, minus hostPID (no host PID namespace here:
+# `nsenter -t 1` would reach this machine's init). `privileged: true` as far as this VM
+# allows: its bounding set lacks CAP_SYS_RESOURCE, and `docker run --privileged` asks runc
+# for every capability ("unable to apply caps: operation not permitted"), ignoring
+# --cap-drop. So: every capability but that one, no seccomp or AppArmor profile, /proc and
+# /sys unmasked -- what privileged means otherwise.
+PRIVILEGED = (
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined",
+)
+DAEMONSET = ("--read-only", "--tmpfs", "/tmp", *PRIVILEGED, "--network", "host")
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SA_TOKEN = "image-test-token"  # noqa: S105 (a fake API server's bearer token)
+AGENT_NS = "ca-trust-agent"
+
+
+@dataclass(frozen=True)
+class AgentImage:
+    """The image built from the repo's Dockerfile, in the dockerd that built it."""
+
+    daemon: Dockerd
+    built: Built
+
+    def run(self, *args: str, opts: tuple[str, ...] = (), timeout: float = 120.0) -> Any:
+        return docker(self.daemon, "run", "--rm", *DAEMONSET, *opts, self.built.tag, *args,
+                      timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def agent_image(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentImage]:
+    """One build per session, shared by every module that runs the image.
+
+    A dockerd of its own (own data root and socket) builds the Dockerfile with BuildKit on
+    the lab's stand-in of `python:3.11-slim-bookworm` (lab.runtimes.imagebuild)."""
+    with run_dockerd(dockerd_layout(tmp_path_factory.mktemp("image-dockerd"))) as daemon:
+        base = import_standin(daemon, standin_rootfs())
+        built = build_image(daemon, base)
+        timing("docker build", built.seconds)
+        for layer in layers(daemon, built.tag):
+            print(f"[image layer] {layer.size:>11} {layer.created_by[:110]}")
+        yield AgentImage(daemon, built)
+
+
+@dataclass(frozen=True)
+class InCluster:
+    """The files and variables a pod's ServiceAccount gives it, for the fake API."""
+
+    secrets: Path  # mount it at SA_DIR
+    env: tuple[str, ...]  # NAME=value, as the DaemonSet's env and the kubelet set them
+
+
+def in_cluster(tmp_path: Path, api_port: int, ca_file: Path, node_name: str) -> InCluster:
+    """KUBERNETES_SERVICE_HOST/PORT on loopback (no kube-proxy: host network reaches the API
+    server directly), the token/ca.crt/namespace files, and the downward-API variables."""
+    secrets = tmp_path / "serviceaccount"
+    secrets.mkdir()
+    (secrets / "token").write_text(SA_TOKEN)
+    (secrets / "ca.crt").write_bytes(ca_file.read_bytes())
+    (secrets / "namespace").write_text(AGENT_NS)
+    env = ("KUBERNETES_SERVICE_HOST=127.0.0.1", f"KUBERNETES_SERVICE_PORT={api_port}",
+           f"NODE_NAME={node_name}", f"POD_NAMESPACE={AGENT_NS}")
+    return InCluster(secrets, env)

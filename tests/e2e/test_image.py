@@ -2,11 +2,12 @@
 
 A dockerd of the test's own (own data root and socket, inside the sandbox) builds the
 project's Dockerfile with BuildKit on a local stand-in of `python:3.11-slim-bookworm`
-(`lab.runtimes.imagebuild`: mmdebstrap, then `docker import`). Every container then runs with the
-DaemonSet's security context: read-only root filesystem, a tmpfs /tmp, privileged (every
-capability this VM has, see PRIVILEGED), host network, and a test host root at /host (never
-this machine's /). There is no host PID
-namespace here: `nsenter -t 1` would reach this machine's init.
+(`lab.runtimes.imagebuild`: mmdebstrap, then `docker import`), once per session (the `agent_image`
+fixture in conftest.py, shared with test_image_daemonset_e2e.py). Every container then runs
+with the DaemonSet's security context: read-only root filesystem, a tmpfs /tmp, privileged
+(every capability this VM has, see PRIVILEGED in conftest.py), host network, and a test host
+root at /host (never this machine's /). There is no host PID namespace here: `nsenter -t 1`
+would reach this machine's init.
 
 The venv holds exactly the distributions of requirements/image.lock, and the Dockerfile's
 `sbom` stage (exported as a release does, reusing the image build's cache) describes the same.
@@ -23,8 +24,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,78 +35,34 @@ from lab.fakes.doubles import failing_pod, wait_until
 from lab.fakes.doubles import node as node_object
 from lab.fakes.doubles import policy as policy_configmap
 from lab.fakes.hostroot import node_root
-from lab.isolation.sandbox import Sandbox
 from lab.procs import free_port
-from lab.runtimes.dockerd import Dockerd, run_dockerd
-from lab.runtimes.dockerd import layout as dockerd_layout
-from lab.runtimes.imagebuild import (
-    Built,
-    build_image,
-    docker,
-    export_stage,
-    image_size,
-    import_standin,
-    layers,
-    locked,
-    standin_rootfs,
-)
+from lab.runtimes.imagebuild import docker, export_stage, image_size, layers, locked
 from lab.tls import pki
 from lab.tls.servers import TLSServer
+from tests.e2e.conftest import DAEMONSET, SA_DIR, SA_TOKEN, AgentImage, in_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 NODE = "node-a"
-NS = "ca-trust-agent"
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-TOKEN = "image-test-token"  # noqa: S105 (a fake API server's bearer token)
-# The DaemonSet's securityContext and volumes, minus hostPID (see the module docstring).
-# `privileged: true` as far as this VM allows: its bounding set lacks CAP_SYS_RESOURCE, and
-# `docker run --privileged` asks runc for every capability ("unable to apply caps:
-# operation not permitted"), ignoring --cap-drop. So: every capability but that one, no
-# seccomp or AppArmor profile, /proc and /sys unmasked -- what privileged means otherwise.
-PRIVILEGED = (
-    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-    "--security-opt", "systempaths=unconfined",
-)
-DAEMONSET = ("--read-only", "--tmpfs", "/tmp", *PRIVILEGED, "--network", "host")
-# What the Dockerfile may add on top of its base: 93.9 MB measured (the venv layer, from
-# requirements/image.lock);
-# the image before this bound was 254 MB over the base (pip layer 174 MB, apt layer 80 MB).
+# What the Dockerfile may add on top of its base: 93.9 MB measured (the venv layer from
+# requirements/image.lock, with grpcio and protobuf since they are runtime dependencies;
+# 72.9 MB without them); the image before this bound was 254 MB over the base (pip layer
+# 174 MB, apt layer 80 MB).
 ADDED_BUDGET = 100_000_000
 
 
-@dataclass(frozen=True)
-class Image:
-    daemon: Dockerd
-    built: Built
-
-    def run(self, *args: str, opts: tuple[str, ...] = (), timeout: float = 120.0) -> Any:
-        return docker(self.daemon, "run", "--rm", *DAEMONSET, *opts, self.built.tag, *args,
-                      timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def image(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
-    with run_dockerd(dockerd_layout(tmp_path_factory.mktemp("image-dockerd"))) as daemon:
-        base = import_standin(daemon, standin_rootfs())
-        built = build_image(daemon, base)
-        print(f"[lab timing] docker build: {built.seconds:.1f}s")
-        for layer in layers(daemon, built.tag):
-            print(f"[image layer] {layer.size:>11} {layer.created_by[:110]}")
-        yield Image(daemon, built)
-
-
-def test_the_image_builds_and_adds_only_a_small_venv_to_its_base(image: Image) -> None:
-    d, tag = image.daemon, image.built.tag
-    added = image_size(d, tag) - image_size(d, image.built.base)
+def test_the_image_builds_and_adds_only_a_small_venv_to_its_base(
+    agent_image: AgentImage,
+) -> None:
+    d, tag = agent_image.daemon, agent_image.built.tag
+    added = image_size(d, tag) - image_size(d, agent_image.built.base)
     print(f"[image size] total {image_size(d, tag)} B, added to the base {added} B")
     assert 0 < added < ADDED_BUDGET
     copied = [layer for layer in layers(d, tag) if layer.size and "/opt/ca-trust-agent" in
               layer.created_by]
     assert len(copied) == 1, "one layer on top of the base: the virtualenv"
 
-    version = image.run("--version")
+    version = agent_image.run("--version")
     assert (version.returncode, version.stdout.strip()) == (0, "ca-trust-agent 0.1.0")
 
 
@@ -129,8 +84,11 @@ print(json.dumps({
 """
 
 
-def test_what_the_agent_loads_is_precompiled_and_no_pip_is_shipped(image: Image) -> None:
-    out = image.run("-c", CHECK_LOADED, opts=("--entrypoint", "/opt/ca-trust-agent/bin/python"))
+def test_what_the_agent_loads_is_precompiled_and_no_pip_is_shipped(
+    agent_image: AgentImage,
+) -> None:
+    python = ("--entrypoint", "/opt/ca-trust-agent/bin/python")
+    out = agent_image.run("-c", CHECK_LOADED, opts=python)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["loaded"] > 200  # the agent's, cryptography's, kubernetes' ... modules
@@ -138,11 +96,11 @@ def test_what_the_agent_loads_is_precompiled_and_no_pip_is_shipped(image: Image)
     assert (got["pip"], got["nsenter"]) == (False, True)
 
 
-def test_every_module_the_agent_can_import_imports_in_the_image(image: Image) -> None:
+def test_every_module_the_agent_can_import_imports_in_the_image(agent_image: AgentImage) -> None:
     """Lazy imports included (lab/importcheck.py derives the list from the code): the image
     holds the runtime dependencies only, so an import only the test extras satisfy fails here."""
     checker = Path(__file__).resolve().parents[2] / "lab" / "importcheck.py"
-    out = image.run("-I", "/check.py", "--installed", "agent", "--verbose", opts=(
+    out = agent_image.run("-I", "/check.py", "--installed", "agent", "--verbose", opts=(
         "--entrypoint", "/opt/ca-trust-agent/bin/python", "--volume", f"{checker}:/check.py:ro"))
     print(out.stderr.strip())
     failures = [line for line in out.stdout.splitlines() if not line.startswith("ok ")]
@@ -151,16 +109,16 @@ def test_every_module_the_agent_can_import_imports_in_the_image(image: Image) ->
 
 
 def test_fetch_and_install_into_the_host_root_from_inside_the_image(
-    image: Image, tmp_path: Path
+    agent_image: AgentImage, tmp_path: Path
 ) -> None:
     ca = pki.make_pki(tmp_path / "pki", names=("registry.test",), ips=("127.0.0.1",))
     root = node_root(tmp_path / "host")
     with TLSServer(ca.chain, ca.leaf) as server:
         target = f"127.0.0.1:{server.port}"
-        fetched = image.run("fetch", target, "--json")
+        fetched = agent_image.run("fetch", target, "--json")
         assert fetched.returncode == 0, fetched.stderr
         anchor = json.loads(fetched.stdout)["anchor"]
-        installed = image.run(
+        installed = agent_image.run(
             # the test root has containerd's config but no socket to detect it by
             "install", target, "--scope", "registry", "--runtime", "containerd",
             "--host-root", "/host",
@@ -182,8 +140,8 @@ print(json.dumps([[d.metadata['Name'], d.version] for d in dists]))
 """
 
 
-def test_the_venv_holds_exactly_the_locked_distributions(image: Image) -> None:
-    out = image.run("-c", INSTALLED, opts=("--entrypoint", "/opt/ca-trust-agent/bin/python"))
+def test_the_venv_holds_exactly_the_locked_distributions(agent_image: AgentImage) -> None:
+    out = agent_image.run("-c", INSTALLED, opts=("--entrypoint", "/opt/ca-trust-agent/bin/python"))
     assert out.returncode == 0, out.stderr
     installed = {canonicalize_name(name): version for name, version in json.loads(out.stdout)}
     assert installed.pop("ca-trust-agent") == "0.1.0"
@@ -192,9 +150,9 @@ def test_the_venv_holds_exactly_the_locked_distributions(image: Image) -> None:
 
 
 @pytest.fixture(scope="module")
-def sbom(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def sbom(agent_image: AgentImage, tmp_path_factory: pytest.TempPathFactory) -> Any:
     dest = tmp_path_factory.mktemp("sbom")
-    seconds = export_stage(image.daemon, image.built.base, "sbom", dest)
+    seconds = export_stage(agent_image.daemon, agent_image.built.base, "sbom", dest)
     print(f"[lab timing] docker build --target sbom (after the image): {seconds:.1f}s")
     assert sorted(p.name for p in dest.iterdir()) == ["ca-trust-agent.cdx.json"]
     return json.loads((dest / "ca-trust-agent.cdx.json").read_text())
@@ -214,25 +172,6 @@ def test_the_exported_sbom_lists_exactly_the_shipped_venv(sbom: Any) -> None:
     assert "timestamp" not in sbom["metadata"] and "serialNumber" not in sbom
 
 
-@dataclass(frozen=True)
-class InCluster:
-    """The files and variables a pod's ServiceAccount gives it, for the fake API."""
-
-    secrets: Path
-    env: tuple[str, ...]
-
-
-def in_cluster(tmp_path: Path, api_port: int, ca_file: Path) -> InCluster:
-    secrets = tmp_path / "serviceaccount"
-    secrets.mkdir()
-    (secrets / "token").write_text(TOKEN)
-    (secrets / "ca.crt").write_bytes(ca_file.read_bytes())
-    (secrets / "namespace").write_text(NS)
-    env = ("KUBERNETES_SERVICE_HOST=127.0.0.1", f"KUBERNETES_SERVICE_PORT={api_port}",
-           f"NODE_NAME={NODE}", f"POD_NAMESPACE={NS}")
-    return InCluster(secrets, env)
-
-
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
@@ -249,7 +188,7 @@ def node_events(api: FakeApiServer, reason: str) -> list[dict[str, Any]]:
 
 
 def test_run_in_cluster_remediates_answers_probes_and_stops_on_sigterm(
-    image: Image, tmp_path: Path
+    agent_image: AgentImage, tmp_path: Path
 ) -> None:
     api_ca = pki.make_ca("fake-apiserver-ca")
     api_leaf = pki.make_leaf(api_ca, names=("kubernetes.default.svc",), ips=("127.0.0.1",))
@@ -261,13 +200,13 @@ def test_run_in_cluster_remediates_answers_probes_and_stops_on_sigterm(
     name = f"ca-trust-agent-{metrics_port}"
     with FakeApiServer(tls=tls) as api, TLSServer(registry_ca.chain, registry_ca.leaf) as reg:
         ident = in_cluster(tmp_path, int(api.url.rsplit(":", 1)[1]),
-                           pki.write_pem(tmp_path / "ca.crt", api_ca))
+                           pki.write_pem(tmp_path / "ca.crt", api_ca), NODE)
         api.put_object(node_object(NODE))
         api.put_object(policy_configmap('registries:\n  - host: "127.0.0.1"\n'))
         started = docker(
-            image.daemon, "run", "--detach", "--name", name, *DAEMONSET,
+            agent_image.daemon, "run", "--detach", "--name", name, *DAEMONSET,
             "--volume", f"{root}:/host", "--volume", f"{ident.secrets}:{SA_DIR}:ro",
-            *(f"--env={e}" for e in ident.env), image.built.tag,
+            *(f"--env={e}" for e in ident.env), agent_image.built.tag,
             # the DaemonSet's args; a free metrics port, since this host network is shared
             "run", "--host-root", "/host", "--log-json",
             "--metrics-address", f"127.0.0.1:{metrics_port}",
@@ -287,17 +226,17 @@ def test_run_in_cluster_remediates_answers_probes_and_stops_on_sigterm(
             print(f"[image run] agent RSS after one remediation: {rss / 2**20:.1f} MiB")
             began = time.monotonic()
             # docker stop: SIGTERM, SIGKILL only after the DaemonSet's grace period (90 s)
-            stopped = docker(image.daemon, "stop", "--time", "90", name)
+            stopped = docker(agent_image.daemon, "stop", "--time", "90", name)
             assert stopped.returncode == 0, stopped.stderr
             print(f"[lab timing] SIGTERM to exit: {time.monotonic() - began:.2f}s")
-            code = docker(image.daemon, "inspect", "--format", "{{.State.ExitCode}}", name)
+            code = docker(agent_image.daemon, "inspect", "--format", "{{.State.ExitCode}}", name)
             assert code.stdout.strip() == "0"
-            logs = docker(image.daemon, "logs", name).stderr.splitlines()
+            logs = docker(agent_image.daemon, "logs", name).stderr.splitlines()
         finally:
-            docker(image.daemon, "rm", "--force", name)
+            docker(agent_image.daemon, "rm", "--force", name)
     # the service account's token went with every request, over TLS
     assert api.url.startswith("https://")
-    assert {r.authorization for r in api.requests()} == {f"bearer {TOKEN}"}
+    assert {r.authorization for r in api.requests()} == {f"bearer {SA_TOKEN}"}
     lines = [json.loads(line) for line in logs]  # every line JSON, as pipelines expect
     installed = next(x for x in lines if x.get("event") == "installed")
     assert installed["node"] == NODE and installed["pod"] == "shop/web-1"

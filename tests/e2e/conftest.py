@@ -28,6 +28,12 @@ from typing import Any
 import pytest
 
 from lab.isolation.netns import NetnsHost, free_slash30, netns_host
+from lab.isolation.sandbox import (
+    HOW_TO_RUN,
+    Sandbox,
+    in_private_mount_namespace,
+    isolate_node_paths,
+)
 from lab.procs import become_subreaper, free_port
 from lab.registry.distribution import Registry, run_registry
 from lab.registry.push import push_tiny_image

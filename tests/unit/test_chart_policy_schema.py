@@ -27,17 +27,17 @@ import pytest
 import yaml
 
 from agent.core.errors import PolicyError
-from agent.core.policy import parse_policy
-from agent.core.policy.model import (
+from agent.core.policy import (
     APPROVALS,
     HOSTS_TOML_MODES,
     MAX_CA_PEM_BYTES,
-    MAX_CONFIRMATIONS,
     MAX_PINS,
     MAX_REGISTRIES,
     RESTARTS,
     SCOPES,
+    parse_policy,
 )
+from agent.core.policy.model import MAX_CONFIRMATIONS
 
 # The keys the agent's strict reader accepts (anything else is an "unknown key" error).
 # They are private to the reader; this test is the one place outside it that needs them.

@@ -22,8 +22,14 @@ import yaml
 
 from agent.cli_args import build_parser
 from agent.core import errors
-from agent.core.policy import DEFAULT_POLICY, parse_policy
-from agent.core.policy.model import APPROVALS, HOSTS_TOML_MODES, RESTARTS, SCOPES
+from agent.core.policy import (
+    APPROVALS,
+    DEFAULT_POLICY,
+    HOSTS_TOML_MODES,
+    RESTARTS,
+    SCOPES,
+    parse_policy,
+)
 from agent.core.policy.registries import _RULE_KEYS
 from agent.core.policy.schema import _TOP_KEYS
 from agent.metrics import NAMESPACE, Metrics

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -49,6 +50,14 @@ class Tunnel:
     target: str  # host:port as CONNECT named it
     status: int  # what the proxy answered the CONNECT (200, or 502 for a name it has not)
     accepted: bool  # the client finished the TLS handshake with our certificate
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _target_key(target: str) -> str:
@@ -125,7 +134,7 @@ class InterceptingProxy:
             host = key.rpartition(":")[0]
             chain = self.presents.get(key)
             if chain is None:
-                ip = host.replace(".", "").isdigit() or ":" in host
+                ip = _is_ip(host)
                 leaf = make_leaf(self.ca, names=() if ip else (host,), ips=(host,) if ip else ())
                 chain = (leaf,)
             safe = key.replace(":", "_")

@@ -26,6 +26,10 @@ from pathlib import Path
 import pytest
 
 from agent.core.detect import parse_pull_error
+from agent.core.diagnosis import diagnose
+from agent.core.hostport import HostPort
+from agent.core.trust import cert_from_der
+from agent.node.chain import fetch_chain
 from lab.isolation.netns import NetnsHost
 from lab.isolation.nodens import NodeNamespace
 from lab.isolation.sandbox import Sandbox
@@ -291,3 +295,21 @@ def test_a_ghcr_pull_goes_through_the_proxy_and_only_through_it(
 def runtime_of(daemon: Containerd2) -> str:
     local = "use_local_image_pull = true" in daemon.config_file.read_text()
     return f"{daemon.version}-local" if local else daemon.version
+
+
+def test_the_agent_fetching_through_the_proxy_sees_its_leaf_alone(proxy_lab: ProxyLab) -> None:
+    """What the agent's fetch shows behind this proxy, as behind most corporate ones: a leaf
+    for the public name, issued by the proxy's CA, which is never sent. Unknown, that shape is
+    a missing intermediate; with the proxy's CA declared, it is the expected interception."""
+    proxy = proxy_lab.proxy
+    chain = fetch_chain(HostPort("ghcr.io", 443), proxy=proxy.url).certs
+    assert len(chain) == 1
+    assert chain[0].issuer == proxy.ca.subject and chain[0].san_dns == ("ghcr.io",)
+    failure = parse_pull_error(
+        'Head "https://ghcr.io/v2/lab/tiny/manifests/v1": x509: certificate signed by unknown '
+        "authority"
+    )
+    assert failure is not None
+    assert diagnose(failure, chain, declared=(cert_from_der(proxy.ca.der),)) is None
+    undeclared = diagnose(failure, chain)
+    assert undeclared is not None and undeclared.kind == "missing-intermediate"

@@ -23,6 +23,7 @@ import pytest
 
 from agent.core.detect import parse_pull_error
 from agent.core.diagnosis import diagnose
+from agent.node.chain import fetch_chain
 from lab.isolation.netns import NetnsHost
 from lab.isolation.sandbox import Sandbox
 from lab.runtimes.containerd2 import VERSION, Containerd2
@@ -115,8 +116,14 @@ def test_a_defect_a_ca_cannot_fix_is_diagnosed_from_the_real_wording(
     assert failure is not None, error
     diagnosis = diagnose(failure)
     if defect == "missing-intermediate":
-        # the wording is the unknown-authority one: only the fetched chain tells (unit tests)
+        # the wording is the unknown-authority one: only the chain, fetched as the runtime
+        # connects (through the proxy), tells
         assert diagnosis is None
+        assert failure.failing is not None
+        chain = fetch_chain(failure.failing, proxy=defect_lab.proxy.url).certs
+        assert len(chain) == 1
+        found = diagnose(failure, chain)
+        assert found is not None and found.kind == defect and found.ca_would_fix
     else:
         assert diagnosis is not None, error
         assert diagnosis.kind == defect

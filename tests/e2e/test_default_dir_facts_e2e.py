@@ -5,7 +5,7 @@ The corporate case, built in the lab (lab/tls/intercept.py): containerd runs wit
 answers every name from lab servers in a network namespace, so nothing leaves the machine:
 
     public-registry.test, ghcr.io      -> the lab registry (distribution)
-    registry-1.docker.io (docker.io/…) -> a front that demands a token from auth.docker.io
+    registry-1.docker.io (docker.io/library/…) -> a front that demands a token from auth.docker.io
                                           and redirects blob GETs to
                                           production.cloudflare.docker.com (both lab servers)
 
@@ -33,6 +33,7 @@ from agent.node.chain import fetch_chain
 from lab.isolation.netns import NetnsHost
 from lab.isolation.nodens import NodeNamespace
 from lab.isolation.sandbox import Sandbox
+from lab.registry.push import push_tiny_image
 from lab.registry.redirects import Served, own_ca, run_server
 from lab.runtimes.containerd2 import VERSION, Containerd2, available
 from lab.tls.intercept import InterceptingProxy, Upstream, intercepting_proxy
@@ -44,7 +45,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 PUBLIC = "public-registry.test/lab/tiny:v1"  # .test: a pull that bypassed the proxy goes nowhere
 GHCR = "ghcr.io/lab/tiny:v1"
-HUB = "docker.io/lab/tiny:v1"  # containerd sends it to registry-1.docker.io
+HUB = "docker.io/library/tiny:v1"  # containerd sends it to registry-1.docker.io
 HUB_HOSTS = ("registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com")
 # ports of the Docker-Hub-like servers inside the lab's network namespace
 FRONT_PORT, AUTH_PORT, CDN_PORT = 6450, 6451, 6452
@@ -70,6 +71,14 @@ def proxy_lab(
 
 def hub_like_lab(ns: NetnsHost, registry: LabRegistry, work: Path) -> Iterator[ProxyLab]:
     """The proxy and the three Docker-Hub-like servers behind it (shared by the modules)."""
+    # an official-image name, as on Docker Hub (the registry is shared: one more repository)
+    push_tiny_image(
+        registry.host,
+        registry.port,
+        registry.pki.paths.root,
+        repository="library/tiny",
+        connect_to=registry.registry.address,
+    )
     to_registry = (
         "--upstream", registry.target,
         "--upstream-address", registry.registry.address,
@@ -313,3 +322,23 @@ def test_the_agent_fetching_through_the_proxy_sees_its_leaf_alone(proxy_lab: Pro
     assert diagnose(failure, chain, declared=(cert_from_der(proxy.ca.der),)) is None
     undeclared = diagnose(failure, chain)
     assert undeclared is not None and undeclared.kind == "missing-intermediate"
+
+
+def test_a_docker_hub_pull_connects_to_the_token_and_cdn_hosts_through_the_proxy(
+    containerd: Containerd2, proxy_lab: ProxyLab, other_ca: bytes
+) -> None:
+    """The Hub-like cases above are about three hosts, not one: the pull really took a token
+    from auth.docker.io and its blobs from production.cloudflare.docker.com, each through a
+    CONNECT whose TLS the runtime accepted with `_default`'s CA."""
+    before = len(proxy_lab.proxy.tunnels)
+    _front, auth, cdn = proxy_lab.served
+    cdn_before = len(cdn.requests())
+    plant(containerd, {"_default/ca.crt": PROXY}, other_ca)
+    try:
+        assert outcome(containerd, HUB) == OK
+    finally:
+        shutil.rmtree(containerd.certs_d, ignore_errors=True)
+    accepted = {t.target for t in proxy_lab.proxy.tunnels[before:] if t.accepted}
+    assert accepted == {f"{h}:443" for h in HUB_HOSTS}
+    assert any("/registry-v2/library/tiny/blobs/" in r for r in cdn.requests()[cdn_before:])
+    assert any(r.startswith("GET /token") for r in auth.requests())

@@ -12,7 +12,7 @@ containerd` would.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from lab.isolation.nodens import NodeNamespace
@@ -50,7 +50,7 @@ def base_config(work: Path, *, version: int = 3) -> str:
         else '[plugins."io.containerd.grpc.v1.cri".cni]'
     )
     # 1.x keeps an "opt" directory, /opt/containerd unless told otherwise: never the machine's
-    opt = '[plugins."io.containerd.internal.v1.opt"]\n' f'  path = "{work}/opt"\n'
+    opt = f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{work}/opt"\n'
     if version >= 3:
         opt = ""
     bins = f'bin_dirs = ["{work}/cni/bin"]' if version >= 3 else f'bin_dir = "{work}/cni/bin"'
@@ -68,10 +68,24 @@ def base_config(work: Path, *, version: int = 3) -> str:
     )
 
 
+def _env_prefix(env: Mapping[str, str] | None) -> tuple[str, ...]:
+    # `env` execs the daemon: the recorded PID stays containerd's
+    return ("env", *(f"{k}={v}" for k, v in env.items())) if env else ()
+
+
 class Containerd2:
     """One containerd in its node namespace. Its PID is the lab pidfile's."""
 
-    def __init__(self, node: NodeNamespace, work: Path, version: str = VERSION) -> None:
+    def __init__(
+        self,
+        node: NodeNamespace,
+        work: Path,
+        version: str = VERSION,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env` adds to the clean environment, as a systemd drop-in's `Environment=` does
+        (`HTTPS_PROXY`, `NO_PROXY`); it is part of the argv, so restarts keep it."""
         if version == VERSION and not available():
             raise LabError(f"containerd {VERSION} is not in {BIN_DIR}: run scripts/bootstrap")
         self.version = version
@@ -82,7 +96,7 @@ class Containerd2:
         self.lab_state = work / "lab-state.json"
         self.spec = DaemonSpec(
             name="containerd",
-            argv=node.wrap((BINARIES[version], "--config", CONFIG)),
+            argv=node.wrap((*_env_prefix(env), BINARIES[version], "--config", CONFIG)),
             pidfile=str(work / "containerd.pid"),
             log=str(work / "containerd.log"),
             socket=str(self.socket),
@@ -136,9 +150,13 @@ class Containerd2:
 
 @contextlib.contextmanager
 def run_containerd2(
-    node: NodeNamespace, work: Path, version: str = VERSION
+    node: NodeNamespace,
+    work: Path,
+    version: str = VERSION,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Containerd2]:
-    daemon = Containerd2(node, work, version)
+    daemon = Containerd2(node, work, version, env=env)
     try:
         daemon.start()
         yield daemon

@@ -187,9 +187,12 @@ def make_leaf(
     window: Window | None = None,
     is_ca: bool = False,
     key_type: KeyType = "ec",
+    eku: Sequence[x509.ObjectIdentifier] = (ExtendedKeyUsageOID.SERVER_AUTH,),
 ) -> Issued:
     """A TLS server certificate; `issuer=None` makes it self-signed.
 
+    `eku=(ExtendedKeyUsageOID.CLIENT_AUTH,)` makes a certificate a TLS client refuses for a
+    server ("x509: certificate specifies an incompatible key usage").
     `san=False` leaves only the CN, which Go (containerd, docker) has ignored since 1.15.
     `is_ca=True` mimics `openssl req -x509`, whose self-signed certs say CA:TRUE.
     """
@@ -214,7 +217,7 @@ def make_leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     )
     general: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     general += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -342,3 +345,47 @@ def make_pki(
         key=write_key(out / f"{prefix}leaf.key", leaf),
     )
     return PKI(root, inter, leaf, paths, tuple(names), tuple(ips))
+
+
+DEFECTS = (
+    "expired",
+    "not-yet-valid",
+    "name-mismatch",
+    "legacy-cn",
+    "no-ip-san",
+    "missing-intermediate",
+    "incompatible-usage",
+)
+
+
+def defective_chain(pki: PKI, host: str, defect: str) -> tuple[Issued, ...]:
+    """What a server for `host` presents when its certificate has `defect` (one of DEFECTS),
+    issued by `pki`'s intermediate, so that trusting `pki`'s root fixes nothing but the CA.
+
+    - expired / not-yet-valid: the validity window (`expired()`, `not_yet_valid()`);
+    - name-mismatch: valid for two other names; legacy-cn: the name in the CN alone;
+    - no-ip-san: for an IP `host`, a certificate naming a DNS name only;
+    - missing-intermediate: the leaf alone, its issuer never sent;
+    - incompatible-usage: extended key usage clientAuth only.
+    """
+    if pki.intermediate is None:
+        raise ValueError("defective_chain needs a PKI with an intermediate")
+    issuer = pki.intermediate
+    leaf: Issued
+    if defect == "expired":
+        leaf = make_leaf(issuer, names=(host,), window=expired())
+    elif defect == "not-yet-valid":
+        leaf = make_leaf(issuer, names=(host,), window=not_yet_valid())
+    elif defect == "name-mismatch":
+        leaf = make_leaf(issuer, names=("a.example", "b.example"))
+    elif defect == "legacy-cn":
+        leaf = make_leaf(issuer, names=(host,), san=False)
+    elif defect == "no-ip-san":
+        leaf = make_leaf(issuer, names=("registry.example",), cn=host)
+    elif defect == "missing-intermediate":
+        return (make_leaf(issuer, names=(host,)),)
+    elif defect == "incompatible-usage":
+        leaf = make_leaf(issuer, names=(host,), eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    else:
+        raise ValueError(f"unknown defect {defect!r}; one of {DEFECTS}")
+    return (leaf, issuer)

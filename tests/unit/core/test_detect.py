@@ -94,7 +94,7 @@ CASES = _fixture_cases()
 def test_the_fixture_has_every_case() -> None:
     """A parsing slip in this file must not silently drop cases from the table."""
     blocks = FIXTURE.read_text(encoding="utf-8").count("\n---\n") + 1
-    assert len(CASES) == blocks == 18
+    assert len(CASES) == blocks == 34
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -136,6 +136,20 @@ def test_fixture_registries_are_the_images_registries() -> None:
         # CDN and token-realm failures: the registry is the image's, not the failing host
         "front-cdn.test:6443/lab/tiny:v1": HostPort("front-cdn.test", 6443),
         "front-auth.test:6444/lab/tiny:v1": HostPort("front-auth.test", 6444),
+        # the defects a CA cannot fix, one registry name each (IP: the no-IP-SAN case)
+        **{
+            f"{host}/lab/tiny:v1": HostPort(host, 443)
+            for host in (
+                "expired.test",
+                "not-yet-valid.test",
+                "name-mismatch.test",
+                "legacy-cn.test",
+                "198.18.99.99",
+                "missing-intermediate.test",
+                "incompatible-usage.test",
+                "conflicting-ca.test",
+            )
+        },
     }
 
 

@@ -37,6 +37,7 @@ from agent.core.policy import (
     SCOPES,
     parse_policy,
 )
+from agent.core.policy.interception import _KEYS as _INTERCEPTION_KEYS
 from agent.core.policy.model import MAX_CONFIRMATIONS
 
 # The keys the agent's strict reader accepts (anything else is an "unknown key" error).
@@ -86,6 +87,7 @@ LEVELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "caFrom": (CAFROM, _FROM_KEYS),
     "caFrom.configMap": ((*CAFROM, "properties", "configMap"), _CM_KEYS),
     "caFrom.clusterTrustBundle": ((*CAFROM, "properties", "clusterTrustBundle"), _CTB_KEYS),
+    "interception": (("definitions", "interception"), _INTERCEPTION_KEYS),
 }
 
 
@@ -148,7 +150,17 @@ def ca_from(source: Obj) -> Obj:
 
 
 # For every key at every level: values the agent accepts, then values it refuses.
+def proxy_ca(**fields: Any) -> Obj:
+    return {"interception": fields}
+
+
 ACCEPTED: dict[str, list[Obj]] = {
+    "interception": [
+        proxy_ca(caPEM="<a CA>"),
+        proxy_ca(caFrom={"configMap": {"name": "proxy-ca", "key": "ca.crt"}}, hosts=["*"]),
+        proxy_ca(spki=[PIN], hosts=["docker.io", "*.docker.io"], **{"except": ["10.0.0.7:5000"]}),
+        proxy_ca(caFrom={"clusterTrustBundle": {"name": "zscaler-root"}}),
+    ],
     "scope": [{"scope": v} for v in SCOPES],
     "restart": [{"restart": v} for v in RESTARTS],
     "maxConcurrentRestarts": [{"maxConcurrentRestarts": 1}, {"maxConcurrentRestarts": 7}],
@@ -195,6 +207,18 @@ ACCEPTED: dict[str, list[Obj]] = {
 }
 
 REFUSED: dict[str, list[Obj]] = {
+    "interception": [
+        {"interception": "zscaler"},
+        proxy_ca(hosts=["*"]),  # no CA named
+        proxy_ca(caPEM="<a CA>", spki=[PIN]),  # two
+        proxy_ca(caPEM="hello"),
+        proxy_ca(spki=[]),
+        proxy_ca(spki=["md5:ab"]),
+        proxy_ca(caPEM="<a CA>", hosts=[]),
+        proxy_ca(caPEM="<a CA>", hosts="*"),
+        proxy_ca(caPEM="<a CA>", **{"except": ["registry.corp.example/team"]}),
+        proxy_ca(caPEM="<a CA>", only=["docker.io"]),
+    ],
     "scope": [{"scope": "everywhere"}, {"scope": ""}],
     "restart": [{"restart": "always"}],
     "maxConcurrentRestarts": [

@@ -123,6 +123,57 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Interception:
+    """`interception`: the CA of a TLS-inspecting proxy, declared once, and the registries
+    whose connections it re-signs.
+
+    The CA is given as `caPEM`, read from the cluster (`caFrom`), or named by the SHA-256 of
+    its SubjectPublicKeyInfo (`spki`, taken from the chain the proxy presents when it sends
+    its CA). It is never learned from a fetch alone: every node sees the same proxy, so what
+    nodes agree on proves nothing. `hosts` (globs allowed; none given: every registry) minus
+    `except` (registries that bypass the proxy) are covered; on a covered host only a chain
+    that ends at this CA is trusted, and only for the runtime's registry configuration.
+    """
+
+    ca_pem: bytes | None = None
+    ca_from: CASource | None = None
+    spki: tuple[str, ...] = ()  # "sha256:" + 64 upper-case hex digits, sorted, unique
+    hosts: tuple[RegistryRule, ...] = ()  # empty: every registry
+    except_: tuple[RegistryRule, ...] = ()
+
+    def covers(self, endpoint: HostPort) -> bool:
+        """Does the proxy's CA apply to `endpoint` (hosts, less except)?"""
+        if any(rule.matches(endpoint) for rule in self.except_):
+            return False
+        return not self.hosts or any(rule.matches(endpoint) for rule in self.hosts)
+
+    def bundle(self, resolved: Resolved | None = None) -> bytes | None:
+        """The declared CA certificates (caPEM, or the caFrom source once listed); None
+        for an `spki` declaration, or a source not found or holding no certificate."""
+        if self.ca_pem is not None:
+            return self.ca_pem
+        if self.ca_from is not None and resolved:
+            pem = resolved.get(self.ca_from)
+            return _source_bundle(pem, ()) if pem else None
+        return None
+
+    def describe(self) -> str:
+        """How the operator named the CA, for Events: 'caPEM', 'ConfigMap x key y', ..."""
+        if self.ca_from is not None:
+            return self.ca_from.describe()
+        if self.spki:
+            return "SPKI " + ", ".join(self.spki)
+        return "caPEM"
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ca": self.describe()}
+        out["hosts"] = [r.host for r in self.hosts] or ["*"]
+        if self.except_:
+            out["except"] = [r.host for r in self.except_]
+        return out
+
+
+@dataclass(frozen=True)
 class Policy:
     scope: str = "auto"
     restart: str = "auto"
@@ -138,6 +189,7 @@ class Policy:
     # conflict, write nothing) or "append" (add our CA to its `ca`; remove restores it)
     hosts_toml: str = "refuse"
     registries: tuple[RegistryRule, ...] = field(default=())
+    interception: Interception | None = None
 
     @property
     def install_options(self) -> InstallOptions:
@@ -202,8 +254,19 @@ class Policy:
         return tuple(out)
 
     def sources(self) -> tuple[CASource, ...]:
-        """Every `caFrom` source, once each, in policy order."""
-        return tuple(dict.fromkeys(r.ca_from for r in self.registries if r.ca_from))
+        """Every `caFrom` source, once each, in policy order (the interception CA's last)."""
+        found = [r.ca_from for r in self.registries if r.ca_from]
+        if self.interception is not None and self.interception.ca_from is not None:
+            found.append(self.interception.ca_from)
+        return tuple(dict.fromkeys(found))
+
+    def intercepted(self, endpoint: HostPort) -> bool:
+        """Is `endpoint` covered by the declared interception CA? A registry whose own CA
+        the policy declares (caPEM / caFrom) is not: that declaration is more precise."""
+        if self.interception is None or not self.interception.covers(endpoint):
+            return False
+        rule = self.rule_for(endpoint)
+        return rule is None or (rule.ca_pem is None and rule.ca_from is None)
 
     def pending(self, resolved: Resolved) -> frozenset[str]:
         """Endpoint keys whose `caFrom` source is not known yet: never removed meanwhile."""
@@ -226,6 +289,11 @@ class Policy:
             "approval": self.approval,
             "hostsToml": self.hosts_toml,
             "registries": [_rule_summary(rule) for rule in self.registries],
+            **(
+                {"interception": self.interception.summary()}
+                if self.interception is not None
+                else {}
+            ),
         }
 
 

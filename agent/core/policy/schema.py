@@ -11,6 +11,7 @@ import yaml
 
 from agent.core.errors import PolicyError
 from agent.core.options import HOSTS_TOML_MODES, RESTARTS, SCOPES
+from agent.core.policy.interception import interception as _interception
 from agent.core.policy.model import (
     APPROVALS,
     DEFAULT_POLICY,
@@ -31,6 +32,7 @@ _TOP_KEYS = (
     "approval",
     "hostsToml",
     "registries",
+    "interception",
 )
 
 
@@ -117,6 +119,7 @@ def _policy(document: Mapping[Any, Any], errors: _Errors) -> Policy:
         approval=_choice(document, "approval", APPROVALS, defaults.approval, errors),
         hosts_toml=_choice(document, "hostsToml", HOSTS_TOML_MODES, defaults.hosts_toml, errors),
         registries=_registries(document.get("registries"), errors),
+        interception=_interception(document.get("interception"), errors),
     )
 
 

@@ -14,4 +14,5 @@ app.kubernetes.io/name: ca-trust-agent
 {{/* Does the policy take a CA from ClusterTrustBundles? Then (only then) the RBAC to read them. */}}
 {{- define "ca-trust-agent.usesClusterTrustBundles" -}}
 {{- range .Values.policy.registries }}{{ if and .caFrom .caFrom.clusterTrustBundle }}yes{{ end }}{{ end }}
+{{- with .Values.policy.interception }}{{ if and .caFrom .caFrom.clusterTrustBundle }}yes{{ end }}{{ end }}
 {{- end }}

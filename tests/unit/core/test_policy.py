@@ -291,13 +291,13 @@ def test_an_unknown_top_level_key_is_an_error_with_a_suggestion() -> None:
     assert error_of("dryrun: true") == (
         "dryrun: unknown key (known: scope, restart, maxConcurrentRestarts, "
         "allowDockerRestartWithoutLiveRestore, dryRun, recyclePods, confirmations, approval, "
-        "hostsToml, registries); "
+        "hostsToml, registries, interception); "
         "did you mean 'dryRun'?"
     )
 
 
 def test_an_unknown_key_without_a_close_match_has_no_suggestion() -> None:
-    assert error_of("colour: blue").endswith("hostsToml, registries)")
+    assert error_of("colour: blue").endswith("registries, interception)")
 
 
 def test_a_non_string_key_is_unknown() -> None:

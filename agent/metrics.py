@@ -139,6 +139,16 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        # pull failures a CA cannot fix (RegistryCertificateInvalid), by diagnosis kind
+        # (agent.core.diagnosis.KINDS: a fixed set, so the label stays bounded)
+        self.certificate_invalid = Counter(
+            "registry_certificate_invalid",
+            "Pull failures on a registry certificate defect no CA can fix, by kind (expired, "
+            "name-mismatch, legacy-cn, no-ip-san, ...); nothing was installed.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.pods_recycled = Counter(
             "pods_recycled",
             "Failing pods handled by recyclePods after a fix, by result (evicted, refused, "
@@ -186,6 +196,9 @@ class Metrics:
 
     def record_work_failure(self, kind: str) -> None:
         self.work_failures.labels(kind=kind).inc()
+
+    def record_diagnosis(self, kind: str) -> None:
+        self.certificate_invalid.labels(kind=kind).inc()
 
     def record_trust_conflict(self, registry: str) -> None:
         self.trust_conflicts.labels(registry=registry).inc()

@@ -8,11 +8,15 @@ whose `reason` is one of the Event reasons fixed in DESIGN.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.core.detect import PullFailure
 from agent.core.hostport import HostPort
 from agent.core.policy import Policy
 from agent.core.reasons import Reason
+
+if TYPE_CHECKING:  # the X.509 stack loads with the first failure it is needed for
+    from agent.core.diagnosis import Diagnosis
 
 REMEDIATE = "remediate"
 DENY = "deny"
@@ -29,11 +33,17 @@ class Verdict:
     registry: HostPort | None = None
     pins: tuple[str, ...] = ()
     dry_run: bool = False
+    # REMEDIATE: the failing host is covered by the policy's interception CA, which alone
+    # decides (no fetch-based first trust); REPORT: what a CA cannot fix, diagnosed
+    interception: bool = False
+    diagnosis: Diagnosis | None = None
 
 
 def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
     """Decide. Order matters: opt-in first (an idle node says nothing), then what can never
-    be fixed by trusting a CA, then the default-deny registry policy."""
+    be fixed by trusting a CA (diagnosed when the message says what it is), then the
+    declared interception CA for the hosts it covers, then the default-deny registry
+    policy."""
     if not opted_in:
         return Verdict(IGNORE, None, "node has not opted in")
     endpoint = failure.failing
@@ -41,6 +51,8 @@ def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
     image = f" pulling {failure.image}" if failure.image else ""
     if failure.kind != "unknown-authority" or endpoint is None or failure.conflicting_ca:
         return _report(failure, endpoint, registry, image)
+    if policy.intercepted(endpoint) and (registry is None or policy.intercepted(registry)):
+        return _intercepted(failure, endpoint, registry, image, policy)
     denied = _denied(policy, endpoint, registry)
     if denied is not None:
         return denied
@@ -57,11 +69,44 @@ def gate(failure: PullFailure, *, opted_in: bool, policy: Policy) -> Verdict:
     )
 
 
+def _intercepted(
+    failure: PullFailure, endpoint: HostPort, registry: HostPort | None, image: str, policy: Policy
+) -> Verdict:
+    assert policy.interception is not None
+    return Verdict(
+        REMEDIATE,
+        Reason.UNTRUSTED_REGISTRY_DETECTED,
+        f"x509: certificate signed by unknown authority at {endpoint.key}{image}; it is covered "
+        f"by the declared interception CA ({policy.interception.describe()}): "
+        f"{'dry run: will check' if policy.dry_run else 'checking'} that the chain the "
+        "runtime is shown ends at it",
+        endpoint,
+        registry,
+        (),
+        policy.dry_run,
+        interception=True,
+    )
+
+
 def _report(
     failure: PullFailure, endpoint: HostPort | None, registry: HostPort | None, image: str
 ) -> Verdict:
     """A TLS failure that trusting a CA cannot fix: say what it is, install nothing."""
+    from agent.core.diagnosis import diagnose  # loads the X.509 stack: only for such failures
+
     where = f"{endpoint.key}" if endpoint else "an unknown host"
+    diagnosis = diagnose(failure)
+    if diagnosis is not None:
+        about = registry.key if registry is not None else where
+        return Verdict(
+            REPORT,
+            Reason.REGISTRY_CERTIFICATE_INVALID,
+            f"{'P' + image[2:] if image else 'A pull'} from registry {about} failed: "
+            f"{diagnosis.summary}; nothing was installed",
+            endpoint,
+            registry,
+            diagnosis=diagnosis,
+        )
     if failure.kind == "hostname-mismatch":
         why = (
             f"TLS failure at {where}{image}: the certificate is not valid for this host name; "

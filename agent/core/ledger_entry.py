@@ -60,7 +60,7 @@ class LedgerEntry:
     not_after: str  # ISO 8601 UTC
     installed_at: str
     restarted: tuple[str, ...]
-    source: str  # "fetched" | "ca-file" | "policy"
+    source: str  # "fetched" | "ca-file" | "policy" | "interception" (policy interception)
     edits: tuple[FileEdit, ...] = ()  # files of others we changed (hostsToml: append)
     # Only on an "installing" intent that replaces an installed entry (a rotation, a new
     # anchor): that entry, and the bytes our files held under it, so a crash half-way

@@ -73,6 +73,16 @@ class Reason(StrEnum):
         "CATrustPendingApproval", NORMAL,
         "a fetched anchor waits for an operator's approval (policy approval: required)",
     )
+    REGISTRY_CERTIFICATE_INVALID = (
+        "RegistryCertificateInvalid", WARNING,
+        "a registry's certificate has a defect no CA can fix (expired, other names, ...); "
+        "says what and who can fix it; nothing installed",
+    )
+    INTERCEPTED_CHAIN_REFUSED = (
+        "InterceptedChainRefused", WARNING,
+        "a registry covered by policy interception presented a chain that does not end at "
+        "the declared proxy CA; says what was presented; nothing installed",
+    )
     CA_ROTATED = (
         "CARotated", NORMAL,
         "a new anchor was verified and the previous one, kept beside it, was removed",

@@ -40,7 +40,7 @@ class InstallRequest:
     restart: str = DEFAULT_OPTIONS.restart
     pins: tuple[str, ...] = ()
     ca_pem: bytes | None = None  # --ca-file or policy caPEM: trust this, fetch only to verify
-    source: str = "fetched"  # "fetched" | "ca-file" | "policy"
+    source: str = "fetched"  # "fetched" | "ca-file" | "policy" | "interception"
     dry_run: bool = DEFAULT_OPTIONS.dry_run
     allow_docker_restart_without_live_restore: bool = (
         DEFAULT_OPTIONS.allow_docker_restart_without_live_restore
@@ -56,6 +56,8 @@ class InstallRequest:
     # rotation without a gap: the previous anchor's PEM, written beside the new one in the
     # same file until the new one is verified (agent.cluster.firsttrust then drops it)
     overlap: bytes | None = None
+    # how the chain was fetched (the runtime's proxy, agent.node.interception), for Events
+    route: str = ""
     # the install settings as one value: when given, they are the request's settings
     options: InitVar[InstallOptions | None] = None
 

@@ -46,6 +46,9 @@ CONTRACT = {
     "CATrustPending": "Normal",
     "CATrustPendingApproval": "Normal",
     "CARotated": "Normal",
+    # issue 19: what a CA cannot fix, and a proxy's CA that does not match what was shown
+    "RegistryCertificateInvalid": "Warning",
+    "InterceptedChainRefused": "Warning",
 }
 
 
@@ -57,15 +60,23 @@ def modules() -> Iterator[tuple[Path, ast.Module]]:
 def constants() -> dict[str, set[str]]:
     """NAME -> the strings assigned to it anywhere in agent/ (module or class level)."""
     found: dict[str, set[str]] = defaultdict(set)
+    aliases: list[tuple[str, str]] = []  # REASON = Reason.POD_RECYCLED: resolved afterwards
     for _, tree in modules():
         for node in ast.walk(tree):
-            value = getattr(node, "value", None)
-            if not isinstance(node, ast.Assign | ast.AnnAssign) or not _is_str(value):
+            if not isinstance(node, ast.Assign | ast.AnnAssign):
                 continue
+            value = node.value
+            if isinstance(value, ast.Tuple) and value.elts and _is_str(value.elts[0]):
+                value = value.elts[0]  # an enum member such as reasons.Reason's (name, type, when)
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                if isinstance(target, ast.Name):
-                    found[target.id].add(value.value)  # type: ignore[union-attr]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if isinstance(value, ast.Attribute | ast.Name) and value is not None:
+                aliases += [(name, _names(value)) for name in names]
+            elif _is_str(value):
+                for name in names:
+                    found[name].add(value.value)  # type: ignore[union-attr]
+    for name, other in aliases:
+        found[name] |= found.get(other, set())
     return found
 
 
@@ -97,6 +108,14 @@ def reasons_in_code() -> dict[str, set[str]]:
             for node in tree.body:
                 if isinstance(node, ast.Assign) and _is_str(node.value):
                     found[node.value.value]  # type: ignore[attr-defined]
+            for node in ast.walk(tree):  # an enum of (name, type, when) rows: agent.core.reasons
+                elts = (
+                    node.value.elts
+                    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
+                    else []
+                )
+                if len(elts) >= 2 and _is_str(elts[0]):
+                    found[elts[0].value] |= values_of(elts[1], names) & TYPES  # type: ignore[attr-defined]
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             for first, second in zip(call.args, call.args[1:], strict=False):
                 types = values_of(first, names) & TYPES

@@ -39,6 +39,8 @@ class Metrics(Protocol):
 
     def record_work_failure(self, kind: str) -> None: ...
 
+    def record_diagnosis(self, kind: str) -> None: ...
+
 
 class PodRecycler(Protocol):
     """recyclePods (agent.cluster.evict.Recycler): both calls only queue work, never block."""

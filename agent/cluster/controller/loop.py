@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.cluster.controller.intercept import InterceptionStep
 from agent.cluster.controller.interfaces import (
     Cluster,
     FirstTrustStep,
@@ -39,6 +40,7 @@ from agent.core.policy import Policy, Resolved
 from agent.core.reasons import Reason
 from agent.core.remediation import InstallRequest, Result
 from agent.node.engine import Engine
+from agent.node.interception import ChainFetcher
 
 # the name the controller has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.controller")
@@ -61,6 +63,8 @@ class Controller:
         first_trust: FirstTrustStep | None = None,  # safe first trust; None: a fetch decides
         flights: Flights | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        chain_fetcher: ChainFetcher | None = None,  # interception: default a real fetch
+        proxy_env: Mapping[str, str] | None = None,  # interception fallback: default os.environ
     ) -> None:
         self.node_name = node_name
         self.engine = engine
@@ -82,6 +86,10 @@ class Controller:
             self.state, node_name=node_name, engine=engine, recorder=recorder,
             flights=self.flights, publisher=publisher, metrics=metrics, recycler=recycler,
             first_trust=first_trust,
+            interception=InterceptionStep(
+                node_name=node_name, engine=engine, recorder=recorder, flights=self.flights,
+                metrics=metrics, fetch=chain_fetcher, env=proxy_env, clock=clock,
+            ),
         )
         self._policy_sync = PolicySync(
             self.state, node_name=node_name, engine=engine, recorder=recorder,

@@ -9,6 +9,7 @@ reported the same way; both end by publishing the trusted registries."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -78,10 +79,14 @@ class PolicySync:
     def _remove_delisted(self, policy: Policy, sources: Resolved) -> None:
         declared = {hp.key: pem for hp, pem, _ in policy.declared(sources)}
         pending = policy.pending(sources)
+        proxy_ca = _interception_shas(policy, sources)
         for key, entry in sorted(self._publisher.entries().items()):
             if entry.endpoint in pending:
                 continue  # its source is still being listed: not known to be gone
-            reason = _delisted_reason(entry, policy, declared)
+            if entry.source == "interception":
+                reason = _interception_reason(entry, policy, sources, proxy_ca)
+            else:
+                reason = _delisted_reason(entry, policy, declared)
             if reason is None:
                 continue
             if policy.dry_run:
@@ -139,6 +144,9 @@ class PolicySync:
         policy = snap.policy
         declared = {hp.key: pem for hp, pem, _ in policy.declared(snap.ca_sources)}
         pem = declared.get(key) if entry.source == "policy" else None
+        if entry.source == "interception":
+            self._repair_interception(key, entry)
+            return
         # as installed: the ledger's scope, never a dry run; the rest from the policy now
         options = replace(policy.install_options, scope=entry.scope, dry_run=False)
         req = InstallRequest(
@@ -151,6 +159,34 @@ class PolicySync:
         )
         self._installer.install(req, None, key)
 
+    def _repair_interception(self, key: str, entry: LedgerEntry) -> None:
+        """The declared proxy CA again, for the same registry, fetched and verified the way
+        the runtime connects (its proxy)."""
+        from agent.core.trust import parse_pem_bundle
+        from agent.node.interception import runtime_route
+
+        snap = self._state.snapshot()
+        interception = snap.policy.interception
+        bundle = interception.bundle(snap.ca_sources) if interception else None
+        anchor = next(
+            (c for c in parse_pem_bundle(bundle or b"") if c.sha256 == entry.sha256), None
+        )
+        if anchor is None:
+            return  # no longer declared: the policy sync removes it
+        endpoint = parse_hostport(key)
+        route = runtime_route(self._engine.fs, self._engine.runtimes, endpoint, os.environ)
+        options = replace(snap.policy.install_options, scope=entry.scope, dry_run=False)
+        req = InstallRequest(
+            endpoint=endpoint,
+            registry=parse_hostport(entry.registry),
+            options=options,
+            ca_pem=anchor.pem,
+            source="interception",
+            proxy=route.choice.proxy or "",
+            route=route.describe(),
+        )
+        self._installer.install(req, None, key)
+
     def repair_entry(self, key: str) -> None:
         """An owed step of one ledger entry (a runtime restart retried after a back-off)."""
         entry = self._publisher.entries().get(key)
@@ -159,6 +195,41 @@ class PolicySync:
 
     def _event(self, reason: Reason, message: str) -> None:
         self._recorder.node(self._node_name, reason.type, reason, message)
+
+
+def _interception_shas(policy: Policy, sources: Resolved) -> frozenset[str] | None:
+    """The declared proxy CA certificates' fingerprints; None when they cannot be told
+    (an `spki` declaration, or a caFrom source not listed yet): nothing removed for that."""
+    interception = policy.interception
+    if interception is None or interception.spki:
+        return None
+    if interception.ca_from is not None and interception.ca_from not in sources:
+        return None
+    bundle = interception.bundle(sources)
+    if not bundle:
+        return frozenset()
+    from agent.core.trust import parse_pem_bundle
+
+    return frozenset(c.sha256 for c in parse_pem_bundle(bundle))
+
+
+def _interception_reason(
+    entry: LedgerEntry, policy: Policy, sources: Resolved, shas: frozenset[str] | None
+) -> str | None:
+    """Why an installed proxy CA must go, or None to keep it."""
+    if policy.interception is None:
+        return "policy.yaml no longer declares an interception CA"
+    try:
+        endpoint = parse_hostport(entry.endpoint)
+        registry = parse_hostport(entry.registry)
+    except AgentError:
+        return "its ledger key is not a valid host:port"
+    for hp in (endpoint, registry):
+        if not policy.intercepted(hp):
+            return f"{hp.key} is no longer covered by policy.yaml interception"
+    if shas is not None and entry.sha256 not in shas:
+        return f"the declared interception CA ({policy.interception.describe()}) changed"
+    return None
 
 
 def _delisted_reason(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from agent.cluster import oplog
+from agent.cluster.controller.intercept import InterceptionStep
 from agent.cluster.controller.interfaces import (
     FirstTrustStep,
     Metrics,
@@ -52,6 +53,7 @@ class Remediation:
         metrics: Metrics | None = None,
         recycler: PodRecycler | None = None,
         first_trust: FirstTrustStep | None = None,
+        interception: InterceptionStep | None = None,
     ) -> None:
         self._state = state
         self._node_name = node_name
@@ -62,6 +64,9 @@ class Remediation:
         self._metrics = metrics
         self._recycler = recycler
         self._first_trust = first_trust
+        self._interception = interception or InterceptionStep(
+            node_name=node_name, engine=engine, recorder=recorder, flights=flights, metrics=metrics
+        )
 
     def use_first_trust(self, first_trust: FirstTrustStep | None) -> None:
         """Safe first trust decides fetched anchors from now on (the daemon's wiring)."""
@@ -88,6 +93,8 @@ class Remediation:
                 self._metrics.record_remediation(
                     "not-allowed" if verdict.action == g.DENY else "not-remediable", 0.0
                 )
+                if verdict.diagnosis is not None:
+                    self._metrics.record_diagnosis(verdict.diagnosis.kind)
             self._flights.failed(key)
             return
         assert verdict.endpoint is not None
@@ -100,6 +107,9 @@ class Remediation:
             image=failure.image,
         )
         try:
+            if verdict.interception:  # the declared proxy CA decides: no first trust
+                self._interception.remediate(self, req, pod, key, policy, snap.ca_sources)
+                return
             self.remediate(req, pod, failure, key)
         except Exception as exc:  # a bug or a broken dependency: say so, and try again later
             self._unexpected(pod, failure, key, exc)
@@ -169,14 +179,14 @@ class Remediation:
         oplog.outcome(
             self._node_name, result, time.perf_counter() - t0, _pod_key(pod), req.source
         )
-        self._report_result(result, pod)
+        self._report_result(result, pod, req.route)
         self._recycle(result)
         if self._metrics:
             self._metrics.record_remediation(_metric_result(result), time.perf_counter() - t0)
         self._publisher.publish()
         return result
 
-    def _report_result(self, result: Result, pod: PodRef | None) -> None:
+    def _report_result(self, result: Result, pod: PodRef | None, route: str = "") -> None:
         anchor = result.anchor
         what = f"{anchor.subject} ({anchor.sha256})" if anchor is not None else "the CA"
         where = f"{result.scope} scope ({', '.join(result.stores)})"
@@ -195,7 +205,8 @@ class Remediation:
             Reason.CA_TRUSTED,
             f"Trusted {what} for {result.endpoint.key} in {where}; {result.next_step}"
             + (f"; {result.verified_by}" if result.verified_by else "")
-            + (f" (scope: {result.scope_reason})" if result.scope_reason else ""),
+            + (f" (scope: {result.scope_reason})" if result.scope_reason else "")
+            + (f"; the chain was fetched as {route}" if route else ""),
         )
         for rt in result.restarted:
             self._report(

@@ -289,11 +289,7 @@ class Policy:
             "approval": self.approval,
             "hostsToml": self.hosts_toml,
             "registries": [_rule_summary(rule) for rule in self.registries],
-            **(
-                {"interception": self.interception.summary()}
-                if self.interception is not None
-                else {}
-            ),
+            "interception": self.interception.summary() if self.interception else None,
         }
 
 

@@ -286,8 +286,9 @@ def test_backoff_status_without_text_is_resolved_from_the_pods_events(world: Wor
     assert "CATrusted" in world.recorder.reasons()
 
 
-def test_hostname_mismatch_is_reported_and_never_remediated(world: World) -> None:
-    c = world.controller
+def test_hostname_mismatch_is_diagnosed_counted_and_never_remediated(world: World) -> None:
+    metrics = CountingMetrics()
+    c = Controller(NODE, world.controller.engine, world.recorder, world.cluster, metrics=metrics)
     c.on_node(node_obj())
     c.on_policy(policy_obj(ALLOW))
     msg = (
@@ -296,7 +297,16 @@ def test_hostname_mismatch_is_reported_and_never_remediated(world: World) -> Non
     )
     c.on_pod(failing_pod(message=msg))
     c.drain()
-    assert world.recorder.reasons() == ["UntrustedRegistryDetected"]
+    assert world.recorder.reasons() == ["RegistryCertificateInvalid"]
+    assert world.recorder.reasons("Pod") == ["RegistryCertificateInvalid"]
+    said = world.recorder.events[0][3]
+    assert said == (
+        f"Pulling {IMAGE} from registry registry.test:5443 failed: the certificate of "
+        "registry.test:5443 is valid for other.test, not registry.test; trusting a CA cannot "
+        "fix this: the registry's owner must serve a certificate for that name, or the image "
+        "must use a name the certificate has; nothing was installed"
+    )
+    assert metrics.diagnoses == ["name-mismatch"]
     assert world.fetches == []
 
 
@@ -449,6 +459,7 @@ def test_pins_pick_the_registry_s_ca_out_of_a_shared_bundle(world: World) -> Non
 class CountingMetrics:
     work_failures: list[str] = field(default_factory=list)
     remediations: list[str] = field(default_factory=list)
+    diagnoses: list[str] = field(default_factory=list)
 
     def record_remediation(self, result: str, duration_seconds: float) -> None:
         self.remediations.append(result)
@@ -461,6 +472,9 @@ class CountingMetrics:
 
     def record_work_failure(self, kind: str) -> None:
         self.work_failures.append(kind)
+
+    def record_diagnosis(self, kind: str) -> None:
+        self.diagnoses.append(kind)
 
 
 def test_a_remediation_that_raises_is_reported_counted_and_retried(

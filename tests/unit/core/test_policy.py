@@ -222,6 +222,7 @@ def test_summary_restates_the_effective_policy_for_the_log() -> None:
                 "caPEM": "1 certificate(s)",
             },
         ],
+        "interception": None,
     }
 
 

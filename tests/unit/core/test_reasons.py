@@ -23,6 +23,9 @@ CONTRACT = {
     "CATrustPending": NORMAL,
     "CATrustPendingApproval": NORMAL,
     "CARotated": NORMAL,
+    # issue 19: what a CA cannot fix, and a proxy's CA that does not match what was shown
+    "RegistryCertificateInvalid": WARNING,
+    "InterceptedChainRefused": WARNING,
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,6 +95,10 @@ class FleetNode:
     )
     outcomes: list[str] = field(default_factory=list)  # Event reasons, in order
     trusted: threading.Event = field(default_factory=threading.Event)
+    trusted_at: float | None = None  # time.monotonic() of CATrusted
+    # kubelet retries a failing pull on its own (11-15 s resyncs, LAB.md): a failure the
+    # record could not decide (CATrustFailed) comes back after this long; None: never
+    kubelet_retry: float | None = None
 
     def fail(self, image: str, registry: str) -> None:
         """kubelet reports an x509 pull failure of `image` on this node."""
@@ -123,9 +128,14 @@ class FleetNode:
                 self.engine.install(r)
             self._report(pod, "Normal", "CATrusted", f"Trusted {endpoint.key}")
             self.annotation.update(sorted(self.engine.held))
+            self.trusted_at = time.monotonic()
             self.trusted.set()
             return
         self._report(pod, decision.event_type, decision.reason, decision.message)
+        if decision.kind == ft.RETRY and self.kubelet_retry is not None:
+            timer = threading.Timer(self.kubelet_retry, self.work.put, ((pod, failure),))
+            timer.daemon = True
+            timer.start()
 
     def _report(self, pod: PodRef, type_: str, reason: str, message: str) -> None:
         self.outcomes.append(reason)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -142,26 +141,34 @@ def test_a_storm_on_one_registry_costs_the_writes_that_decide_not_one_per_node(
 
 
 def test_an_old_record_at_the_size_limit_keeps_its_anchor_and_new_nodes_trust_it(
-    api: FakeApiServer, tmp_path: Path
+    api: FakeApiServer,
 ) -> None:
-    """A record from before the bound: every node of a 12,000-node fleet named under the
-    accepted anchor (0.7 MB: the third registry at that size passes the 1 MiB limit, and
-    kube-apiserver refuses every further write). New nodes need no write to trust it."""
-    names = tuple((f"old-node-{i:05}", "2026-01-01T00:00:00Z") for i in range(12000))
-    old = ft.RegistryRecord(REGISTRY, (ft.Sighting(ft.Seen(
-        HONEST.sha256, "sha256:" + "0" * 64, HONEST.subject, "2036-01-01T00:00:00Z"
-    ), names),), accepted=HONEST.sha256)
+    """A record from before the bound: every node of a 19,200-node fleet named under the
+    accepted anchor, 1.04 MB, so that any write adding to it passes the 1 MiB limit and is
+    refused (422), as kube-apiserver does. New nodes shown the accepted anchor trust it with
+    no write; the first write (a node shown another anchor) cuts the record to the bound."""
+    names = tuple((f"old-node-{i:05}", "2026-01-01T00:00:00Z") for i in range(19200))
+    seen = ft.Seen(HONEST.sha256, "sha256:" + "0" * 64, HONEST.subject, "2036-01-01T00:00:00Z")
+    old = ft.RegistryRecord(REGISTRY, (ft.Sighting(seen, names),), accepted=HONEST.sha256)
+    text = ft.render_record(old)
+    assert 1_000_000 < len(text) < 1024 * 1024
     api.put_object({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": ft.RECORD_NAME, "namespace": NS},
-        "data": {ft.record_key(REGISTRY): ft.render_record(old)},
+        "data": {ft.record_key(REGISTRY): text},
     })
-    nodes = fleet(api, {f"new-{i}": HONEST for i in range(10)}, confirmations=1)
+    shown = {f"new-{i}": HONEST for i in range(10)}
+    nodes = fleet(api, {**shown, "odd-one": ROGUE}, confirmations=1)
     with running(nodes):
         wait_until(lambda: all(n.watcher.synced.is_set() for n in nodes))
-        for node in nodes:
+        for node in nodes[:10]:
             node.fail(IMAGE, REGISTRY)
-        settle(nodes, {n.name for n in nodes})
-    assert record_writes(api) == {}
-    assert record(api).accepted == HONEST.sha256
+        settle(nodes, set(shown))
+        assert record_writes(api) == {}
+        nodes[10].fail(IMAGE, REGISTRY)
+        wait_until(lambda: "CATrustConflict" in nodes[10].outcomes)
+    after = record(api)
+    assert after.accepted == HONEST.sha256
+    assert after.sighting(ROGUE.sha256) is not None
+    assert len(ft.render_record(after)) < 2000

@@ -143,9 +143,7 @@ class FleetNode:
         self.recorder.pod(pod.namespace, pod.name, pod.uid, type_, reason, message)
 
 
-def make_node(
-    api_url: str, name: str, anchor: CertInfo, policy: Policy, *, watch_timeout: int = 240
-) -> FleetNode:
+def make_node(api_url: str, name: str, anchor: CertInfo, policy: Policy) -> FleetNode:
     config = Configuration()
     config.host = api_url
     client = KubeClient(
@@ -155,7 +153,6 @@ def make_node(
     )
     record = TrustRecord(client, NS)
     engine = AnchorView(anchor)
-    path, selector = record.watch_path()
     work: queue.SimpleQueue[tuple[PodRef, PullFailure] | None] = queue.SimpleQueue()
     stage = FirstTrust(
         record,
@@ -173,7 +170,7 @@ def make_node(
         engine=engine,
         recorder=EventRecorder(client, host=name),  # synchronous: no thread per node
         annotation=TrustedRegistriesAnnotation(client, name, current=None),
-        watcher=Watcher(client, path, field_selector=selector, timeout_seconds=watch_timeout),
+        watcher=record.watcher(),
         policy=policy,
         work=work,
     )

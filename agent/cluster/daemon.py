@@ -129,7 +129,6 @@ class Agent:
             clock=self.controller.clock,
         )
         self.controller.first_trust = self.first_trust
-        record_path, record_selector = self.trust_record.watch_path()
         self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
         self.reconcile_seconds = reconcile_seconds
@@ -148,10 +147,7 @@ class Agent:
                 field_selector=f"metadata.name={POLICY_NAME}",
                 on_restart=lambda r: self.metrics.record_watch_restart("policy", r),
             ),
-            "record": Watcher(
-                client,
-                record_path,
-                field_selector=record_selector,
+            "record": self.trust_record.watcher(
                 on_restart=lambda r: self.metrics.record_watch_restart("record", r),
             ),
             "pods": Watcher(

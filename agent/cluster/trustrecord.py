@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.cluster.client import JSON, ApiError, KubeClient, resource_path
+from agent.cluster.watch import Watcher
 from agent.core.errors import AgentError
 from agent.core.firsttrust import (
     RECORD_NAME,
@@ -80,6 +81,7 @@ class TrustRecord:
         self.sleep = sleep
         self._obj: JSON | None = None
         self._known = False  # the watch (or a read) told us whether the object exists
+        self._synced: threading.Event | None = None  # the watch's first list is done
         self._lock = threading.Lock()
         self.writes = 0  # API writes made (creates and updates), for the operator's numbers
         self.conflicts = 0  # 409s lost to another node's write
@@ -92,6 +94,15 @@ class TrustRecord:
     def watch_path(self) -> tuple[str, str]:
         """What the daemon watches: the collection path and a name field selector."""
         return resource_path("v1", "configmaps", self.namespace), f"metadata.name={self.name}"
+
+    def watcher(self, on_restart: Callable[[str], None] | None = None) -> Watcher:
+        """The record's watch, as the daemon runs it (events to `on_event`). Once its first
+        list is done, a record it did not list is known not to exist: no node reads it
+        before its first write (a fleet's first registry would cost a read per node)."""
+        path, selector = self.watch_path()
+        watcher = Watcher(self.client, path, field_selector=selector, on_restart=on_restart)
+        self._synced = watcher.synced
+        return watcher
 
     # ------------------------------------------------------------------ reading
 
@@ -110,7 +121,8 @@ class TrustRecord:
 
     def _cached_or_read(self) -> JSON | None:
         with self._lock:
-            if self._known:
+            # listed empty: absent (if the object appeared meanwhile, the create is a 409)
+            if self._known or (self._synced is not None and self._synced.is_set()):
                 return self._obj
         return self._read()
 

@@ -1,6 +1,6 @@
 """Safe first trust at fleet size: numbers, never assertions.
 
-N nodes' first-trust components (lab.fleet: the product's TrustRecord, FirstTrust, Watcher,
+N nodes' first-trust components (lab.fakes.fleet: the product's TrustRecord, FirstTrust, Watcher,
 EventRecorder and node annotation per node, each with its own API client and its own watch of
 the record; only the engine is a stand-in), `PER_PROCESS` nodes per worker subprocess (so two
 cores are not one GIL), against one fake API server in this process that refuses stale
@@ -77,7 +77,7 @@ def _emit(message: JSON) -> None:
 
 def run_worker(api_url: str, names: Sequence[str], confirmations: int, anchor_file: Path) -> int:
     from agent.core.trust import cert_from_der
-    from lab.fleet import make_node, policy, running
+    from lab.fakes.fleet import make_node, policy, running
 
     anchor = cert_from_der(anchor_file.read_bytes())
     threading.stack_size(512 * 1024)
@@ -175,9 +175,9 @@ def measure(n: int, confirmations: int, idle_seconds: float) -> FleetResult:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from agent.core import firsttrust as ft
-    from lab import pki
-    from lab.fakeapi import FakeApiServer
-    from lab.fleet import NS, UA_PREFIX, node_object
+    from lab.fakes.apiserver import FakeApiServer
+    from lab.fakes.fleet import NS, UA_PREFIX, node_object
+    from lab.tls import pki
 
     names = [f"node-{i:04}" for i in range(n)]
     with (

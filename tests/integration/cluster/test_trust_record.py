@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.core import firsttrust as ft
 from agent.core.trust import CertInfo, cert_from_der
-from lab import pki
-from lab.doubles import wait_until
-from lab.fakeapi import FakeApiServer
-from lab.fleet import NS, UA_PREFIX, FleetNode, make_node, node_object, policy, running
+from lab.fakes.apiserver import FakeApiServer
+from lab.fakes.doubles import wait_until
+from lab.fakes.fleet import NS, UA_PREFIX, FleetNode, make_node, node_object, policy, running
+from lab.tls import pki
 
 pytestmark = pytest.mark.integration
 

@@ -172,3 +172,49 @@ def test_an_old_record_at_the_size_limit_keeps_its_anchor_and_new_nodes_trust_it
     assert after.accepted == HONEST.sha256
     assert after.sighting(ROGUE.sha256) is not None
     assert len(ft.render_record(after)) < 2000
+
+
+def test_the_stage_decides_and_installs_nothing_itself_a_rotation_is_two_requests(
+    api: FakeApiServer,
+) -> None:
+    """FirstTrust returns a Decision; the caller installs. Two nodes that trust the old
+    anchor confirm the new one (`confirmations: 2`): the first is told to hold, the second
+    to rotate (the new anchor beside the old, then alone), naming the anchor it replaces."""
+    from agent.cluster.controller.interfaces import PodRef
+    from agent.core.detect import parse_pull_error
+    from agent.core.hostport import parse_hostport
+    from agent.core.remediation import InstallRequest
+
+    endpoint = parse_hostport(REGISTRY)
+    accepted = ft.RegistryRecord(REGISTRY, accepted=HONEST.sha256)
+    api.put_object({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ft.RECORD_NAME, "namespace": NS},
+        "data": {ft.record_key(REGISTRY): ft.render_record(accepted)},
+    })
+    nodes = fleet(api, {"a": ROGUE, "b": ROGUE}, confirmations=2)  # the registry's new CA
+    failure = parse_pull_error(
+        f'failed to do request: Head "https://{REGISTRY}/v2/team/app/manifests/v1": '
+        "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+        IMAGE,
+    )
+    assert failure is not None
+    req = InstallRequest(endpoint=endpoint, registry=endpoint, scope="registry")
+    kinds = []
+    with running(nodes):
+        wait_until(lambda: all(n.watcher.synced.is_set() for n in nodes))
+        for node in nodes:
+            node.engine.held = {REGISTRY: HONEST.sha256}  # both trust the old anchor
+            pod = PodRef("default", f"web-{node.name}", f"uid-{node.name}")
+            decision = node.stage.decide(req, node.policy, pod, failure)
+            kinds.append(decision.kind)
+            assert node.engine.held == {REGISTRY: HONEST.sha256}  # the stage installs nothing
+            wait_until(lambda: all(n.record.get(REGISTRY) == record(api) for n in nodes))
+        # the held pod is handed back when the record accepts its anchor, and installs then
+        assert nodes[0].trusted.wait(10)
+    assert kinds == [ft.HOLD, ft.ROTATE]
+    assert len(decision.requests) == 2 and decision.rotated_from == HONEST.sha256
+    assert all(r.pins == (ROGUE.sha256,) for r in decision.requests)
+    assert record(api).accepted == ROGUE.sha256
+    assert record(api).previous == HONEST.sha256

@@ -131,7 +131,8 @@ class FleetNode:
             self.trusted_at = time.monotonic()
             self.trusted.set()
             return
-        self._report(pod, decision.event_type, decision.reason, decision.message)
+        assert decision.reason is not None
+        self._report(pod, decision.reason.type, str(decision.reason), decision.message)
         if decision.kind == ft.RETRY and self.kubelet_retry is not None:
             timer = threading.Timer(self.kubelet_retry, self.work.put, ((pod, failure),))
             timer.daemon = True

@@ -25,6 +25,9 @@ class RuntimeKind:
     # the verification client the runtime answers: the CRI (kubelet's API) or dockerd's
     # Engine API
     api: str  # "cri" | "engine"
+    # whether a hosts.toml in its certs.d/<registry>/ can make it ignore our *.crt there
+    # (containerd's hosts.toml; the policy's `hostsToml: append` edits it)
+    hosts_toml: bool = False
 
 
 KINDS: tuple[RuntimeKind, ...] = (
@@ -35,6 +38,7 @@ KINDS: tuple[RuntimeKind, ...] = (
         ("/run/containerd/containerd.sock",),
         ("containerd",),
         "cri",
+        hosts_toml=True,
     ),
     RuntimeKind(
         "docker",

@@ -18,7 +18,7 @@ from agent.core.hostport import HostPort
 from agent.core.hosts_toml import append_ca
 from agent.core.ledger_entry import FileEdit, LedgerEntry
 from agent.core.remediation import InstallRequest, Result
-from agent.core.runtime_kinds import labels
+from agent.core.runtime_kinds import BY_NAME, labels
 from agent.core.system_anchor import system_anchor_refusal
 from agent.node.engine.apply import Applier, Undo
 from agent.node.engine.context import EngineContext, iso
@@ -307,13 +307,14 @@ class Installer:
         edits: list[FileEdit] = []
         for pl in placements:
             path = pl.directory.rstrip("/") + "/hosts.toml"
-            if pl.store != "containerd" or self._ctx.fs.lstat_kind(path) != "file":
+            kind = BY_NAME.get(pl.store)  # None: the OS store
+            if kind is None or not kind.hosts_toml or self._ctx.fs.lstat_kind(path) != "file":
                 continue
             current = self._ctx.fs.read_bytes(path) or b""
             mine = next((e for e in (previous.edits if previous else ()) if e.path == path), None)
             original = mine.original if mine is not None and current == mine.edited else current
             if not hosts_toml_governs(original, self._ctx.judge.major(pl.store)):
-                continue  # containerd ignores that file: our *.crt beside it is enough
+                continue  # the runtime ignores that file: our *.crt beside it is enough
             edited = append_ca(original, req.endpoint, registry, pl.file)
             edits.append(FileEdit(path, original, edited))
         return tuple(edits)

@@ -15,10 +15,12 @@ from agent.core import plan as p
 from agent.core.errors import AgentError, ApplyError, describe_failure
 from agent.core.pull_verdict import INCONCLUSIVE, regarding
 from agent.core.remediation import InstallRequest, Result
+from agent.core.runtime_kinds import BY_NAME, RUNTIMES
 from agent.node import failpoints
 from agent.node.engine.apply import Applier, Undo
 from agent.node.engine.context import EngineContext, log, timed
 from agent.node.engine.remove import Remover
+from agent.node.runtimes.registry import REGISTRY
 
 
 class Verifier:
@@ -114,11 +116,12 @@ class Verifier:
         found = [
             f"wrote {files}" if files else f"{result.scope} scope ({', '.join(result.stores)})"
         ]
-        if "containerd" in result.stores or result.scope == "system":
-            from agent.node.runtimes.containerd import read_containerd
-
-            with contextlib.suppress(AgentError):
-                found.append(f"containerd config: {read_containerd(self._ctx.fs).source}")
+        # the runtimes whose config decides where they read trust: the stores written, or
+        # for system scope every runtime that could have been meant
+        for name in RUNTIMES if result.scope == "system" else result.stores:
+            source = REGISTRY[name].config_source(self._ctx.fs) if name in REGISTRY else None
+            if source is not None:
+                found.append(f"{BY_NAME[name].label} config: {source}")
         if result.scope_reason:
             found.append(result.scope_reason)
         return "; ".join(found)

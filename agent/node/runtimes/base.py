@@ -42,6 +42,10 @@ class Runtime(Protocol):
         """StoreError when something the runtime reads in that directory would make it
         ignore our file (`ours`: paths the ledger says we wrote)."""
 
+    def config_source(self, fs: HostFS) -> str | None:
+        """The config files that decide where it reads trust, for a refusal's findings;
+        None when no file decides it (or it cannot be read)."""
+
     def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
         """RuntimeRestartError("refused") when restarting it here would do harm (stop every
         container, restart a whole distribution); `allow_disruptive` is the operator's

@@ -8,6 +8,7 @@ the distribution, not by the operator.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import posixpath
 import tomllib
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core import containerd_config as cc
-from agent.core.errors import RuntimeRestartError, StoreError
+from agent.core.errors import AgentError, RuntimeRestartError, StoreError
 from agent.core.placement import Placement
 from agent.core.pull_verdict import PullVerdict
 from agent.core.runtime_kinds import BY_NAME, RuntimeKind
@@ -240,6 +241,11 @@ class Containerd:
         if dir_exists:
             _check_hosts_toml(fs, placement, ours, major)
         _check_port_directory(fs, placement)
+
+    def config_source(self, fs: HostFS) -> str | None:
+        with contextlib.suppress(AgentError):
+            return read_containerd(fs).source
+        return None
 
     def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
         check_not_embedded(fs)  # consent to stop containers is not consent to restart k3s

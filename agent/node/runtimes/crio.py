@@ -55,6 +55,9 @@ class Crio:
     ) -> None:
         return None  # nothing beside our file overrides it in the containers' certs.d
 
+    def config_source(self, fs: HostFS) -> str | None:
+        return None  # /etc/containers/certs.d is fixed
+
     def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
         return None  # a CRI-O restart keeps its containers (conmon holds them)
 

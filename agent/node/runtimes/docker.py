@@ -99,6 +99,9 @@ class Docker:
     ) -> None:
         return None  # nothing beside our file overrides it in docker's certs.d
 
+    def config_source(self, fs: HostFS) -> str | None:
+        return None  # /etc/docker/certs.d is fixed
+
     def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
         if not allow_disruptive:
             check_live_restore(fs)

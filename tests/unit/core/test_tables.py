@@ -23,6 +23,8 @@ def test_every_runtime_row_is_complete_and_named_once() -> None:
         assert kind.api in ("cri", "engine")
         assert kind.systemd_unit and kind.version_schemes
         assert all(runtime_from_version(f"{s}://1.0") == kind.name for s in kind.version_schemes)
+    # only containerd has a hosts.toml beside our *.crt that can override it
+    assert [k.name for k in KINDS if k.hosts_toml] == ["containerd"]
 
 
 def test_the_cli_offers_exactly_the_runtimes_of_the_table() -> None:

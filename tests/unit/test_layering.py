@@ -92,3 +92,19 @@ def test_no_module_in_the_agent_or_the_lab_is_over_400_lines() -> None:
     }
     assert any(name.startswith("lab/") for name in sizes)
     assert {name: n for name, n in sizes.items() if n > 400} == {}
+
+
+def test_no_module_of_the_agent_imports_itself_through_another() -> None:
+    """No import circle anywhere in agent/ (type-checking imports included): a module that
+    reaches itself again through what it imports is two concerns that should be one, or a
+    value that belongs lower down. grimp is the graph import-linter builds its contracts on."""
+    import grimp
+
+    graph = grimp.build_graph("agent")
+    circles = sorted(
+        (module, imported)
+        for module in graph.modules
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.chain_exists(importer=imported, imported=module)
+    )
+    assert circles == [], f"import circles (module -> import that leads back): {circles}"

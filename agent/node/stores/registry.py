@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
+from agent.core.placement import Placement, file_name
 from agent.node.host import HostFS
-from agent.node.stores import Placement, file_name
 
 
 @dataclass(frozen=True)

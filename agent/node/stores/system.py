@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
 from agent.core.os_families import OsFamily, family_of, known_families
+from agent.core.placement import Placement, file_name
 from agent.node.host import HostFS
-from agent.node.stores import Placement, file_name
 from agent.node.stores.bundle import check_bundle, files_holding
 
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")

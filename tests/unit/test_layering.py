@@ -108,3 +108,25 @@ def test_no_module_of_the_agent_imports_itself_through_another() -> None:
         if graph.chain_exists(importer=imported, imported=module)
     )
     assert circles == [], f"import circles (module -> import that leads back): {circles}"
+
+
+def test_no_object_reaches_into_another_object_s_private_state() -> None:
+    """Collaborators receive what they use through their constructors and call each other's
+    public methods: `other._field` is nowhere in agent/ (self, cls and super() aside, and the
+    enum protocol's `_value_`)."""
+    import ast
+
+    reached = []
+    for path in sorted((ROOT / "agent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__") or node.attr == "_value_":
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue
+            if isinstance(owner, ast.Call) and ast.unparse(owner.func) == "super":
+                continue
+            reached.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert reached == []

@@ -9,6 +9,7 @@ import argparse
 import os
 
 from agent import __version__
+from agent.core.runtime_kinds import RUNTIMES
 from agent.status import add_arguments as status_arguments
 
 EXIT_CODES = """exit codes:
@@ -192,7 +193,7 @@ def _restart_options(p: argparse.ArgumentParser, *, with_policy: bool = True) ->
     p.add_argument(
         "--runtime",
         action="append",
-        choices=["containerd", "docker", "crio"],
+        choices=list(RUNTIMES),
         help="container runtime(s) on this host (default: detected)",
     )
     p.add_argument(

@@ -44,19 +44,25 @@ def collect(client: KubeClient, namespace: str) -> dict[str, Any]:
     registries = []
     for registry, record in sorted(TrustRecord(client, namespace).all().items()):
         mode = ft.mode(policy, parse_hostport(registry))
-        anchors = []
+        anchors, split = [], False
         for s in record.sightings:
-            state = ft.decide(record, s.anchor.sha256, mode).action
+            # a rotation's confirmations come from nodes that trust the accepted anchor
+            held = record.accepted if s.holders else None
+            verdict = ft.decide(record, s.anchor.sha256, mode, held)
+            split = split or verdict.split
             anchors.append(
                 {
                     "sha256": s.anchor.sha256,
                     "spki": s.anchor.spki,
                     "subject": s.anchor.subject,
                     "notAfter": s.anchor.not_after,
-                    "state": _state(state, s.anchor.sha256, record),
+                    "state": _state(verdict.action, s.anchor.sha256, record),
+                    # the record names only the nodes that decide (up to `confirmations`
+                    # per anchor) and the conflicting ones; who trusts it is `trusted`
                     "seenBy": list(s.node_names),
                 }
             )
+        trusted = sorted(trusted_on.get(registry, []))
         seen = {n for s in record.sightings for n in s.node_names}
         registries.append(
             {
@@ -66,9 +72,11 @@ def collect(client: KubeClient, namespace: str) -> dict[str, Any]:
                 "accepted": record.accepted,
                 "previous": record.previous,
                 "anchors": anchors,
-                "trusted": sorted(trusted_on.get(registry, [])),
-                "notSeenBy": sorted(set(opted) - seen),
+                # from each Node's ca-trust-agent.io/trusted-registries annotation
+                "trusted": trusted,
+                "notSeenBy": sorted(set(opted) - seen - set(trusted)),
                 "conflict": any(a["state"] == "conflicting" for a in anchors),
+                "split": split,
             }
         )
     not_opted = sorted(_name(n) for n in nodes if _name(n) not in opted)
@@ -99,8 +107,12 @@ def render(status: Mapping[str, Any]) -> str:
             lines.append(f"  {a['state']:<17} {a['sha256']}  {a['subject']}")
             lines.append(f"  {'':<17} seen by: {', '.join(a['seenBy']) or '-'}")
         lines.append(f"  trusted on: {', '.join(reg['trusted']) or '-'}")
+        if reg.get("split"):
+            lines.append(
+                "  SPLIT: two anchors are each confirmed by enough nodes; pin the right one"
+            )
         if reg["notSeenBy"]:
-            lines.append(f"  not fetched by: {', '.join(reg['notSeenBy'])}")
+            lines.append(f"  not trusted yet on: {', '.join(reg['notSeenBy'])}")
     if not status["registries"]:
         lines.append("no fetched anchors recorded")
     lines.append(f"not opted in: {', '.join(status['notOptedIn']) or '-'}")

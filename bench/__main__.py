@@ -7,7 +7,8 @@
 Sections: fetch (vs `openssl s_client -showcerts`), install (registry scope), install-system
 (real update-ca-certificates; root in a private mount namespace, else "skipped"), latency
 (detection -> CATrusted), idle (the `run` subprocess: RSS, CPU, other nodes' churn), slots
-(restart slots, 5 agents), scale (100 agents against one API server), image (the
+(restart slots, 5 agents), scale (100 agents against one API server), fleet (safe first
+trust: N = 10, 100, 1,000 nodes' record components, one registry's storm), image (the
 Dockerfile built with a real dockerd: size per layer; root and mmdebstrap, else "skipped").
 A section that fails
 prints its error in the table instead of stopping the others. Nothing is asserted.
@@ -36,6 +37,7 @@ SECTIONS = (
     "idle",
     "slots",
     "scale",
+    "fleet",
     "recycle",
     "verify",
     "image",
@@ -150,7 +152,7 @@ def render(rows: Sequence[Row]) -> str:
 
 
 def run_sections(args: argparse.Namespace) -> list[Row]:
-    from bench import bench_daemon, bench_recycle, bench_scale
+    from bench import bench_daemon, bench_fleet, bench_recycle, bench_scale
 
     q = args.quick
     plan: dict[str, Callable[[], list[Row]]] = {
@@ -162,6 +164,9 @@ def run_sections(args: argparse.Namespace) -> list[Row]:
         "slots": lambda: bench_daemon.section_slots(q, args.slot_agents),
         "scale": lambda: bench_scale.section_scale(
             q, args.agents, args.per_process, args.idle_seconds, args.scale_pods
+        ),
+        "fleet": lambda: bench_fleet.section_fleet(
+            q, args.fleet_nodes, args.fleet_confirmations, args.idle_seconds
         ),
         "recycle": lambda: [Row(*r) for r in bench_recycle.run(q)],
         "verify": lambda: verify_rows(3 if q else 10),
@@ -187,6 +192,10 @@ def _sections(text: str) -> list[str]:
     return names
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast pass (about a minute)")
@@ -205,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, help="agents in the scale section")
     parser.add_argument("--per-process", type=int, help="scale agents per worker process")
     parser.add_argument("--scale-pods", type=int, help="pods churned in the scale section")
+    parser.add_argument("--fleet-nodes", type=_ints, help="fleet sizes, e.g. 10,100,1000")
+    parser.add_argument(
+        "--fleet-confirmations", type=_ints, help="confirmations in the fleet section, e.g. 1,3"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the agents' warnings are not the output
 

@@ -55,8 +55,12 @@ class ApiCluster:
         self._annotation = TrustedRegistriesAnnotation(client, node_name)
 
     def pod_events(self, namespace: str, uid: str) -> list[Mapping[str, Any]]:
+        # resourceVersion=0: served from the apiserver's watch cache, not a quorum read
+        # from etcd for every lookup (a failing workload of 1,000 pods is 1,000 lookups)
         page = self.client.list(
-            resource_path("v1", "events", namespace), field_selector=f"involvedObject.uid={uid}"
+            resource_path("v1", "events", namespace),
+            field_selector=f"involvedObject.uid={uid}",
+            resource_version="0",
         )
         return list(page.get("items") or [])
 
@@ -103,11 +107,6 @@ class Agent:
             metrics=self.metrics,
             limits=recycle_limits,
         )
-        # safe first trust: a fetched anchor is installed only as the cluster's record allows
-        self.trust_record = TrustRecord(client, namespace)
-        self.first_trust = FirstTrust(
-            self.trust_record, namespace=namespace, policy_name=POLICY_NAME, conflicts=self.metrics
-        )
         self.controller = Controller(
             node_name,
             engine,
@@ -115,10 +114,21 @@ class Agent:
             cluster,
             metrics=self.metrics,
             recycler=self.recycler,
-            first_trust=self.first_trust,
         )
-        self.first_trust.bind(self.controller)  # its watch side queues through the controller
-        record_path, record_selector = self.trust_record.watch_path()
+        # safe first trust: a fetched anchor is installed only as the cluster's record allows;
+        # its watch side hands waiting pods back to the controller's queue (`requeue`)
+        self.trust_record = TrustRecord(client, namespace)
+        self.first_trust = FirstTrust(
+            self.trust_record,
+            engine,
+            node_name=node_name,
+            requeue=self.controller.requeue,
+            namespace=namespace,
+            policy_name=POLICY_NAME,
+            conflicts=self.metrics,
+            clock=self.controller.clock,
+        )
+        self.controller.first_trust = self.first_trust
         self.slots = RestartSlots(client, namespace, holder=node_name)
         engine.set_restart_gate(self._restart_gate)
         self.reconcile_seconds = reconcile_seconds
@@ -137,10 +147,7 @@ class Agent:
                 field_selector=f"metadata.name={POLICY_NAME}",
                 on_restart=lambda r: self.metrics.record_watch_restart("policy", r),
             ),
-            "record": Watcher(
-                client,
-                record_path,
-                field_selector=record_selector,
+            "record": self.trust_record.watcher(
                 on_restart=lambda r: self.metrics.record_watch_restart("record", r),
             ),
             "pods": Watcher(

@@ -27,7 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+from agent.core.runtime_kinds import BY_NAME
+
+DEFAULT_SOCKET = BY_NAME["containerd"].default_sockets[0]
 V1_CRI = "io.containerd.grpc.v1.cri"
 V2_IMAGES = "io.containerd.cri.v1.images"
 V4_GRPC = "io.containerd.server.v1.grpc"

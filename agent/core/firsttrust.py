@@ -1,96 +1,73 @@
-"""Safe first trust, as values and decisions: what one node may do with an anchor it fetched
-for a registry, given the cluster-wide record of what every node saw.
+"""Safe first trust, as decisions: what one node may do with an anchor it fetched for a
+registry, given the cluster-wide record (agent.core.firsttrust_record) of what nodes saw.
 
 Why: for an allowed registry without a pin, the anchor is whatever the registry's TLS
 handshake showed this node. An attacker on one node's path (a poisoned resolver, an
 intercepting proxy, a hijacked route) would plant a CA there. So a fetched anchor is
 installed only when the record agrees:
 
-- the first anchor recorded for a registry wins; a node shown another one installs nothing
-  and reports a conflict (`CONFLICT`);
-- `confirmations: N`: the anchor is accepted only once N distinct nodes recorded it
-  (`WAIT` until then, `INSTALL` from then on, on every node that saw it);
+- `confirmations: N`: while nothing is accepted, every anchor shown to nodes collects
+  sightings, and the first to be seen by N distinct nodes is accepted (`WAIT` until then,
+  `INSTALL` from then on, on every node shown it). Order does not matter: an attacked node
+  that fetched first cannot hold back the honest ones. With N = 1 this is "the first anchor
+  recorded wins";
+- once an anchor is accepted, a node shown another one installs nothing and reports a
+  conflict (`CONFLICT`). When that other anchor is also seen by N nodes, two anchors are each
+  confirmed N times: an attacker controls at least N nodes' paths, or the registry changed
+  its CA; the verdict says so (`split`) and an operator decides (a pin);
 - `approval: required`: nothing is accepted from fetches at all (`APPROVAL`); an operator
   approves by adding the fingerprint as a pin (`approval_command`), and pinned registries
   never consult the record;
-- rotation: once an anchor is accepted, a different one is a new candidate. With N = 1 one
-  node's word cannot replace a trusted anchor, so it is a conflict (the Event names the pin
-  to add); with N >= 2 it is accepted as the new anchor after N nodes saw it, and the
-  acceptance names the previous one, so nodes trust both until the new one is verified.
+- rotation: nodes that trust the accepted anchor and are shown a new one confirm it as a
+  replacement. With N = 1 one node's word cannot replace a trusted anchor, so it is a
+  conflict (the Event names the pin to add); with N >= 2 it is accepted after N such nodes
+  saw it, and the acceptance names the previous one, so nodes trust both until the new one
+  is verified. Nodes that never trusted the accepted anchor cannot rotate it.
 
-Everything here is pure: the record is parsed from and rendered to the ConfigMap's text by
-`parse_record` / `render_record`, and the cluster side (agent.cluster.trustrecord) does the
-resourceVersion-conditional update around `observe`.
+A node whose anchor is already accepted installs without writing: the record keeps only what
+decides (agent.core.firsttrust_record), so a storm of nodes failing on one registry costs
+O(N) writes, not one per node. Everything here is pure; the cluster side
+(agent.cluster.trustrecord) does the resourceVersion-conditional update around `observe`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.core.errors import InputError
+from agent.core.firsttrust_record import (
+    MAX_ANCHORS,
+    RECORD_NAME,
+    RECORD_PREFIX,
+    SHOWN_NODES,
+    RegistryRecord,
+    Seen,
+    Sighting,
+    key_part,
+    parse_record,
+    record_key,
+    records,
+    render_record,
+)
 from agent.core.hostport import HostPort, parse_hostport
 from agent.core.pins import normalize_pin
 from agent.core.policy import Policy
+from agent.core.reasons import Reason
+from agent.core.remediation import InstallRequest
 
-RECORD_NAME = "ca-trust-agent-trust-record"  # the ConfigMap, in the agent's namespace
-RECORD_PREFIX = "registry."  # one data key per registry: registry.<host>_<port>
 APPROVAL_PREFIX = "approve."  # in the policy ConfigMap: approve.<host>_<port>
 APPROVAL_REQUIRED = "required"
 APPROVALS = ("none", APPROVAL_REQUIRED)
-# A record key holds at most this many distinct anchors and nodes per anchor: a flood of
-# different chains (an attacker rotating certificates) cannot grow the ConfigMap unbounded.
-MAX_ANCHORS = 8
-MAX_NODES = 5000
 
 INSTALL = "install"
 WAIT = "wait"
 CONFLICT = "conflict"
 APPROVAL = "approval"
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One anchor as fetched and validated by a node (no pin, no caPEM)."""
-
-    sha256: str  # "sha256:" + hex of the DER: what pins and the ledger name
-    spki: str  # "sha256:" + hex of the SubjectPublicKeyInfo: survives a re-issue
-    subject: str
-    not_after: str  # RFC 3339
-
-
-@dataclass(frozen=True)
-class Sighting:
-    anchor: Seen
-    nodes: tuple[tuple[str, str], ...]  # (node, when first seen), in order of arrival
-
-    @property
-    def node_names(self) -> tuple[str, ...]:
-        return tuple(n for n, _ in self.nodes)
-
-
-@dataclass(frozen=True)
-class RegistryRecord:
-    """What the cluster saw for one registry. `sightings[0]` is the first anchor recorded."""
-
-    registry: str  # host:port
-    sightings: tuple[Sighting, ...] = ()
-    accepted: str | None = None  # sha256 of the anchor nodes may install
-    previous: str | None = None  # the anchor accepted before a rotation (trusted alongside)
-
-    def sighting(self, sha256: str) -> Sighting | None:
-        return next((s for s in self.sightings if s.anchor.sha256 == sha256), None)
-
-    def candidates(self) -> tuple[Sighting, ...]:
-        """Anchors seen but neither accepted nor the one a rotation replaced, first
-        sighting first."""
-        settled = (self.accepted, self.previous)
-        return tuple(s for s in self.sightings if s.anchor.sha256 not in settled)
 
 
 @dataclass(frozen=True)
@@ -109,9 +86,30 @@ class Mode:
 class Verdict:
     action: str  # INSTALL | WAIT | CONFLICT | APPROVAL
     record: RegistryRecord  # with this node's sighting (and an acceptance) applied
-    have: int  # distinct nodes that saw this node's anchor
+    have: int  # distinct nodes that saw this node's anchor (the kind that counts for it)
     need: int
     rotation_from: str | None = None  # INSTALL of a rotation: the anchor it replaces
+    # CONFLICT: this node's anchor is confirmed by N nodes too, so two anchors are: an
+    # attacker on N nodes' paths, or a changed CA; only an operator can tell (a pin)
+    split: bool = False
+
+
+# What the controller's first-trust stage tells the remediation step to do with a failure
+PROCEED = "install"  # install `requests[0]`
+ROTATE = "rotate"  # install `requests[0]` (new beside old); once verified, `requests[1]`
+HOLD = "hold"  # wait for the record or the operator: report, and let them wake the pod
+REFUSE = "refuse"  # a conflict: report, and back off
+RETRY = "retry"  # the record could not be consulted: report, back off, say when
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # PROCEED | ROTATE | HOLD | REFUSE | RETRY
+    requests: tuple[InstallRequest, ...] = ()
+    rotated_from: str | None = None  # ROTATE: the anchor the second install drops
+    # the Event when nothing is installed (HOLD, REFUSE, RETRY)
+    reason: Reason | None = None
+    message: str = ""
 
 
 def seen_from_der(der: bytes, subject: str, not_after: str) -> Seen:
@@ -133,51 +131,112 @@ def _fp(data: bytes) -> str:
 # --------------------------------------------------------------------------- decisions
 
 
-def observe(record: RegistryRecord, seen: Seen, node: str, now: str, mode: Mode) -> Verdict:
-    """Record that `node` fetched `seen`, and decide what the node may do.
+def observe(
+    record: RegistryRecord,
+    seen: Seen,
+    node: str,
+    now: str,
+    mode: Mode,
+    held: str | None = None,
+) -> Verdict:
+    """Record that `node` fetched `seen` (`held`: the anchor it trusts for the registry now,
+    if any), and decide what the node may do.
 
     Called inside the conditional update, so the acceptance (N-th confirmation) is written
-    by exactly the node whose sighting completed it, in the same write.
+    by exactly the node whose sighting completed it, in the same write. The record changes
+    only when the sighting counts for something: an accepted anchor's further nodes, and
+    nodes beyond the bound, leave it as it was (the caller then writes nothing).
     """
-    record = _with_sighting(record, seen, node, now)
-    return decide(record, seen.sha256, mode)
+    if record.accepted != seen.sha256:
+        holder = record.accepted is not None and held == record.accepted
+        limit = max(mode.confirmations, SHOWN_NODES)
+        record = _with_sighting(record, seen, (node, now), holder, limit)
+    return decide(record, seen.sha256, mode, held)
 
 
-def decide(record: RegistryRecord, sha256: str, mode: Mode) -> Verdict:
+def decide(
+    record: RegistryRecord, sha256: str, mode: Mode, held: str | None = None
+) -> Verdict:
     """What a node holding anchor `sha256` may do under `record` (no write needed unless the
     verdict accepts the anchor: `record.accepted` changed)."""
     mine = record.sighting(sha256)
-    have = len(mine.nodes) if mine else 0
-    need = mode.confirmations
     if record.accepted == sha256:
-        return Verdict(INSTALL, record, have, need)
-    rotating = record.accepted is not None
-    contenders = record.candidates()
-    if contenders and contenders[0].anchor.sha256 != sha256:
-        return Verdict(CONFLICT, record, have, need)  # another anchor was recorded first
-    if rotating and need < 2:
-        # one node's fetch never replaces an anchor the cluster trusts
-        return Verdict(CONFLICT, record, have, need)
+        have = len(mine.nodes) + len(mine.holders) if mine else 0
+        return Verdict(INSTALL, record, have, mode.confirmations)
+    if record.accepted is None:
+        return _first(record, mine, sha256, mode)
+    return _replacement(record, mine, sha256, mode, held)
+
+
+def _first(
+    record: RegistryRecord, mine: Sighting | None, sha256: str, mode: Mode
+) -> Verdict:
+    """Nothing accepted yet: the first anchor seen by N nodes is."""
+    fresh, need = (len(mine.nodes) if mine else 0), mode.confirmations
+    confirmed = [s for s in record.candidates() if len(s.nodes) >= need]
+    if len(confirmed) > 1 or mine is None:
+        # two at N: no write accepts two, so only a record from before confirmations
+        # decided by count; no sighting: the record is full of other anchors
+        return Verdict(CONFLICT, record, fresh, need, split=len(confirmed) > 1)
     if mode.approval_required:
-        return Verdict(APPROVAL, record, have, need)
+        return Verdict(APPROVAL, record, fresh, need)
+    if fresh < need:
+        return Verdict(WAIT, record, fresh, need)
+    return Verdict(INSTALL, _accept(record, sha256), fresh, need)
+
+
+def _replacement(
+    record: RegistryRecord, mine: Sighting | None, sha256: str, mode: Mode, held: str | None
+) -> Verdict:
+    """Another anchor is accepted: only nodes that trust it can confirm a rotation."""
+    fresh, need = (len(mine.nodes) if mine else 0), mode.confirmations
+    if held != record.accepted or need < 2 or mine is None:
+        # a node that never trusted the accepted anchor cannot replace it, and one node's
+        # fetch never replaces an anchor the cluster trusts
+        return Verdict(CONFLICT, record, fresh, need, split=need >= 2 and fresh >= need)
+    if mode.approval_required:
+        return Verdict(APPROVAL, record, fresh, need)
+    have = len(mine.holders)
     if have < need:
         return Verdict(WAIT, record, have, need)
+    return Verdict(
+        INSTALL, _accept(record, sha256), have, need, rotation_from=record.accepted
+    )
+
+
+def _accept(record: RegistryRecord, sha256: str) -> RegistryRecord:
     # the anchor replaced two rotations ago is history: it no longer competes
     kept = tuple(s for s in record.sightings if s.anchor.sha256 != record.previous)
-    accepted = replace(record, sightings=kept, accepted=sha256, previous=record.accepted)
-    return Verdict(INSTALL, accepted, have, need, rotation_from=record.accepted)
+    return replace(record, sightings=kept, accepted=sha256, previous=record.accepted)
 
 
-def _with_sighting(record: RegistryRecord, seen: Seen, node: str, now: str) -> RegistryRecord:
-    sightings = list(record.sightings)
+def _with_sighting(
+    record: RegistryRecord,
+    seen: Seen,
+    entry: tuple[str, str],
+    holder: bool,
+    limit: int,
+) -> RegistryRecord:
+    """The record with `entry` among the nodes that saw `seen`, every list cut to `limit`
+    (a record from an earlier version named every node)."""
+    sightings = [
+        replace(s, nodes=s.nodes[:limit], holders=s.holders[:limit])
+        for s in record.sightings
+    ]
+    node = entry[0]
     for i, s in enumerate(sightings):
-        if s.anchor.sha256 == seen.sha256:
-            if node not in s.node_names and len(s.nodes) < MAX_NODES:
-                sightings[i] = replace(s, nodes=(*s.nodes, (node, now)))
-            return replace(record, sightings=tuple(sightings))
-    if len(sightings) >= MAX_ANCHORS:
-        return record  # full: the node still gets its verdict (a conflict), nothing grows
-    return replace(record, sightings=(*sightings, Sighting(seen, ((node, now),))))
+        if s.anchor.sha256 != seen.sha256:
+            continue
+        if node not in s.node_names:
+            if holder and len(s.holders) < limit:
+                sightings[i] = replace(s, holders=(*s.holders, entry))
+            elif not holder and len(s.nodes) < limit:
+                sightings[i] = replace(s, nodes=(*s.nodes, entry))
+        return replace(record, sightings=tuple(sightings))
+    if len(sightings) < MAX_ANCHORS:  # full: nothing grows, the node gets a conflict
+        new = Sighting(seen, () if holder else (entry,), (entry,) if holder else ())
+        sightings.append(new)
+    return replace(record, sightings=tuple(sightings))
 
 
 # --------------------------------------------------------------------------- messages
@@ -207,16 +266,7 @@ def approval_command(namespace: str, policy_name: str, registry: str, sha256: st
 
 
 def approval_key(registry: str) -> str:
-    return APPROVAL_PREFIX + _key_part(registry)
-
-
-def record_key(registry: str) -> str:
-    return RECORD_PREFIX + _key_part(registry)
-
-
-def _key_part(registry: str) -> str:
-    # ConfigMap keys allow [-._a-zA-Z0-9]; the value carries the exact registry anyway
-    return re.sub(r"[^-._a-zA-Z0-9]", "_", registry.replace(":", "_").strip("[]"))
+    return APPROVAL_PREFIX + key_part(registry)
 
 
 def approvals(data: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -235,70 +285,6 @@ def approvals(data: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         except InputError:
             continue
     return {k: tuple(sorted(v)) for k, v in out.items()}
-
-
-# --------------------------------------------------------------------------- wire format
-
-
-def render_record(record: RegistryRecord) -> str:
-    return json.dumps(
-        {
-            "registry": record.registry,
-            "accepted": record.accepted,
-            "previous": record.previous,
-            "anchors": [
-                {
-                    "sha256": s.anchor.sha256,
-                    "spki": s.anchor.spki,
-                    "subject": s.anchor.subject,
-                    "notAfter": s.anchor.not_after,
-                    "nodes": [{"node": n, "at": t} for n, t in s.nodes],
-                }
-                for s in record.sightings
-            ],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
-def parse_record(registry: str, text: str | None) -> RegistryRecord:
-    """The record of one registry; an absent or unreadable value is an empty record (the
-    first sighting then starts it again, which is what an operator deleting it wants)."""
-    if not text:
-        return RegistryRecord(registry)
-    try:
-        doc = json.loads(text)
-        sightings = tuple(
-            Sighting(
-                Seen(str(a["sha256"]), str(a["spki"]), str(a["subject"]), str(a["notAfter"])),
-                tuple((str(n["node"]), str(n["at"])) for n in a["nodes"]),
-            )
-            for a in doc["anchors"]
-        )
-        accepted = doc.get("accepted")
-        previous = doc.get("previous")
-    except (ValueError, KeyError, TypeError):
-        return RegistryRecord(registry)
-    return RegistryRecord(
-        registry,
-        sightings,
-        str(accepted) if accepted else None,
-        str(previous) if previous else None,
-    )
-
-
-def records(data: Mapping[str, Any]) -> dict[str, RegistryRecord]:
-    """Every registry's record in the ConfigMap's data."""
-    out = {}
-    for key, text in data.items():
-        if isinstance(key, str) and key.startswith(RECORD_PREFIX) and isinstance(text, str):
-            try:
-                registry = str(json.loads(text)["registry"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            out[registry] = parse_record(registry, text)
-    return out
 
 
 # --------------------------------------------------------------------------- policy
@@ -334,3 +320,41 @@ def mode(policy: Policy, endpoint: HostPort) -> Mode:
         confirmations = rule.confirmations if rule.confirmations is not None else confirmations
         approval = rule.approval if rule.approval is not None else approval
     return Mode(confirmations, approval)
+
+__all__ = [
+    "APPROVAL",
+    "APPROVALS",
+    "APPROVAL_PREFIX",
+    "APPROVAL_REQUIRED",
+    "CONFLICT",
+    "HOLD",
+    "INSTALL",
+    "MAX_ANCHORS",
+    "PROCEED",
+    "RECORD_NAME",
+    "RECORD_PREFIX",
+    "REFUSE",
+    "RETRY",
+    "ROTATE",
+    "SHOWN_NODES",
+    "WAIT",
+    "Decision",
+    "Mode",
+    "RegistryRecord",
+    "Seen",
+    "Sighting",
+    "Verdict",
+    "approval_command",
+    "approval_key",
+    "approvals",
+    "decide",
+    "mode",
+    "observe",
+    "parse_record",
+    "record_key",
+    "records",
+    "render_record",
+    "seen_from_der",
+    "who_saw",
+    "with_approvals",
+]

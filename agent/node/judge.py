@@ -12,16 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from agent.core.containerd_config import major_version
 from agent.core.errors import AgentError
 from agent.core.pull_verdict import INCONCLUSIVE, UNTRUSTED, PullVerdict
 from agent.node.host import HostFS
-from agent.node.runtimes import socket_path
-
-if TYPE_CHECKING:
-    from agent.node.runtimes.cri import RuntimeVersion
+from agent.node.runtimes import registry, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +25,9 @@ log = logging.getLogger(__name__)
 Pull = Callable[[str, str, str, float], PullVerdict]
 
 
-def pull_through_api(runtime: str, socket: str, image: str, timeout: float) -> PullVerdict:
-    """The real thing: CRI PullImage (containerd, CRI-O) or Engine API (dockerd)."""
-    if runtime == "docker":
-        from agent.node.runtimes import dockerapi
-
-        return dockerapi.pull(socket, image, timeout=timeout)
-    from agent.node.runtimes.cri import CriClient
-
-    with CriClient(socket, timeout=timeout) as cri:
-        return cri.pull(image, runtime=runtime, timeout=timeout)
-
-
-def cri_version(socket: str, timeout: float = 2.0) -> RuntimeVersion | None:
-    """`RuntimeService/Version` of a CRI runtime, or None when nothing answers."""
-    from agent.node.runtimes.cri import CriClient
-
-    try:
-        with CriClient(socket, timeout=timeout) as cri:
-            return cri.version()
-    except Exception as exc:  # any gRPC failure: the version stays unknown
-        log.debug("no CRI version from %s: %s", socket, exc)
-        return None
+def pull_through_api(name: str, socket: str, image: str, timeout: float) -> PullVerdict:
+    """The real thing: the runtime's own verification client (CRI or Engine API)."""
+    return registry.runtime(name).pull(socket, image, timeout)
 
 
 class RuntimeJudge:
@@ -79,9 +56,9 @@ class RuntimeJudge:
 
     def version(self, runtime: str) -> str | None:
         """Asked once per engine (a silent socket too: "" = unknown), never per install step."""
-        if runtime not in self._versions and runtime != "docker" and self.answering((runtime,)):
-            found = cri_version(self.fs.resolve(socket_path(self.fs, runtime)), timeout=1.0)
-            self._versions[runtime] = found.version if found is not None else ""
+        if runtime not in self._versions and self.answering((runtime,)):
+            real = self.fs.resolve(socket_path(self.fs, runtime))
+            self._versions[runtime] = registry.runtime(runtime).version(real, 1.0) or ""
         return self._versions.get(runtime) or None
 
     def major(self, runtime: str) -> int | None:

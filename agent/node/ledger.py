@@ -19,6 +19,8 @@ from agent.node.host import HostFS
 LEDGER_DIR = "/var/lib/ca-trust-agent"
 LEDGER_PATH = f"{LEDGER_DIR}/ledger.json"
 VERSION = 1
+
+
 class Ledger:
     def __init__(self, fs: HostFS) -> None:
         self.fs = fs

@@ -28,6 +28,7 @@ from agent.core.proxy_env import (
     parse_environment_file,
     service_environment,
 )
+from agent.core.runtime_kinds import BY_NAME
 from agent.node.host import HostFS
 
 # systemd's system unit search path, highest priority first
@@ -38,7 +39,6 @@ UNIT_DIRS = (
     "/usr/lib/systemd/system",
     "/lib/systemd/system",
 )
-SERVICES = {"containerd": "containerd.service", "docker": "docker.service", "crio": "crio.service"}
 _UNIT_LIMIT = 256 * 1024
 
 
@@ -83,7 +83,7 @@ def _read(fs: HostFS, path: str) -> str | None:
 
 def runtime_environment(fs: HostFS, runtime: str) -> tuple[dict[str, str], tuple[str, ...], str]:
     """(environment, files applied, note) of the runtime's service on the node."""
-    files = unit_files(fs, SERVICES[runtime])
+    files = unit_files(fs, f"{BY_NAME[runtime].systemd_unit}.service")
     units = [(path, text) for path in files if (text := _read(fs, path)) is not None]
     parsed: ServiceEnvironment = service_environment(units)
     env = parsed.as_dict()

@@ -116,9 +116,14 @@ def rotate(engine: Engine, target: str, pin: str, *, scope: str = "registry") ->
     events = Events()
     config = Configuration()
     config.host = "http://127.0.0.1:9"  # never contacted: a pinned registry skips the record
-    first_trust = FirstTrust(TrustRecord(KubeClient(config), NAMESPACE), namespace=NAMESPACE)
-    controller = Controller(NODE, engine, events, events, first_trust=first_trust)
-    first_trust.bind(controller)
+    controller = Controller(NODE, engine, events, events)
+    controller.first_trust = FirstTrust(
+        TrustRecord(KubeClient(config), NAMESPACE),
+        engine,
+        node_name=NODE,
+        requeue=controller.requeue,
+        namespace=NAMESPACE,
+    )
     endpoint = parse_hostport(target)
     image = f"{target}/lab/tiny:v1"
     failure = parse_pull_error(x509_message(image, target), image)

@@ -41,6 +41,7 @@ from agent.core.errors import (
     TrustError,
 )
 from agent.core.hostport import HostPort, parse_hostport
+from agent.core.os_families import FAMILIES as LAYOUTS
 from agent.core.policy import Policy, parse_policy
 from agent.core.trust import cert_from_der, parse_pem_bundle, pem_bundle
 from agent.node.engine import Engine, InstallRequest
@@ -50,7 +51,7 @@ from agent.node.runtimes import RuntimeManager, containerd_socket, detect_runtim
 from agent.node.runtimes.containerd import load_containerd_config
 from agent.node.stores import file_name, safe
 from agent.node.stores.registry import registry_store
-from agent.node.stores.system import LAYOUTS, parse_os_release, system_store
+from agent.node.stores.system import parse_os_release, system_store
 from lab.fakes.doubles import RecordingRunner as BundleRebuildingRunner
 from lab.tls import pki
 

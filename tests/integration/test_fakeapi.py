@@ -379,6 +379,41 @@ def test_an_injected_429_carries_retry_after_which_urllib3_honours(
     assert [r.method for r in fake.requests()] == ["GET", "GET"]
 
 
+def test_every_watcher_receives_the_whole_object_on_every_change(
+    core: Official, fake: FakeApiServer
+) -> None:
+    """As kube-apiserver's cacher does it: no diffs, no coalescing; what a shared object
+    written by every node costs the API server is changes x watchers x object size."""
+    start = core.create_namespaced_config_map(
+        "default", make_configmap("record", {"k": "x" * 1000})
+    ).metadata.resource_version
+    for i in range(3):
+        obj = core.read_namespaced_config_map("record", "default")
+        obj.data = {"k": str(i) * 1000}
+        core.replace_namespaced_config_map("record", "default", obj)
+    before = fake.watch_bytes("configmaps")
+    streams = [
+        watch_events(core.list_namespaced_config_map, namespace="default",
+                     resource_version=start, timeout_seconds=1)
+        for _ in range(3)
+    ]
+    for events in streams:
+        changes = [e for e in events if e["type"] == "MODIFIED"]
+        assert [e["raw_object"]["data"]["k"] for e in changes] == [
+            str(i) * 1000 for i in range(3)
+        ]
+    assert fake.watch_bytes("configmaps") - before > 3 * 3 * 1000
+
+
+def test_a_configmap_over_1_mib_is_refused_with_422(core: Official) -> None:
+    big = make_configmap("record", {"k": "x" * (1024 * 1024)})
+    with pytest.raises(ApiException) as caught:
+        core.create_namespaced_config_map("default", big)
+    assert caught.value.status == 422
+    assert "must have at most 1048576 bytes" in str(caught.value.body)
+    core.create_namespaced_config_map("default", make_configmap("record", {"k": "x" * 1000}))
+
+
 def test_bytes_sent_are_counted_per_client_and_requests_are_logged(
     core: Official, fake: FakeApiServer
 ) -> None:

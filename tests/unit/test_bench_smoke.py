@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
     "--quick",
-    "--only", "fetch,install,latency,idle,slots,scale",
+    "--only", "fetch,install,latency,idle,slots,scale,fleet",
     "--fetch-runs", "1",
     "--install-runs", "1",
     "--runs", "2",
@@ -29,6 +29,8 @@ TINY = [
     "--agents", "4",
     "--per-process", "2",
     "--scale-pods", "10",
+    "--fleet-nodes", "3",
+    "--fleet-confirmations", "2",
 ]  # fmt: skip
 
 
@@ -67,6 +69,7 @@ def test_every_requested_section_has_rows_and_none_failed(table: list[str]) -> N
         "other nodes' churn",
         "restart slots",
         "scale (4 agents)",
+        "fleet N=3 c=2",
     ):
         assert expected in sections, f"no {expected!r} rows in:\n" + "\n".join(table)
     errors = [r for r in rows if r[1] == "error"]

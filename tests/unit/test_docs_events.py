@@ -60,24 +60,37 @@ def modules() -> Iterator[tuple[Path, ast.Module]]:
 def constants() -> dict[str, set[str]]:
     """NAME -> the strings assigned to it anywhere in agent/ (module or class level)."""
     found: dict[str, set[str]] = defaultdict(set)
-    aliases: list[tuple[str, str]] = []  # REASON = Reason.POD_RECYCLED: resolved afterwards
+    aliases: list[tuple[str, ast.expr]] = []
     for _, tree in modules():
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Assign | ast.AnnAssign):
+            value = getattr(node, "value", None)
+            if not isinstance(node, ast.Assign | ast.AnnAssign) or not _is_str(value):
                 continue
-            value = node.value
-            if isinstance(value, ast.Tuple) and value.elts and _is_str(value.elts[0]):
-                value = value.elts[0]  # an enum member such as reasons.Reason's (name, type, when)
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = [t.id for t in targets if isinstance(t, ast.Name)]
-            if isinstance(value, ast.Attribute | ast.Name) and value is not None:
-                aliases += [(name, _names(value)) for name in names]
-            elif _is_str(value):
-                for name in names:
-                    found[name].add(value.value)  # type: ignore[union-attr]
-    for name, other in aliases:
-        found[name] |= found.get(other, set())
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    found[target.id].add(value.value)  # type: ignore[union-attr]
+        for node in ast.walk(tree):  # enum rows: MEMBER = ("EventReason", TYPE, "when")
+            row = _reason_row(node)
+            if row is not None:
+                found[row[0]].add(row[1])
+        for node in ast.walk(tree):  # aliases: REASON = Reason.POD_RECYCLED
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute | ast.Name):
+                aliases.extend((t.id, node.value) for t in node.targets if isinstance(t, ast.Name))
+    for name, value in aliases:
+        found[name] |= values_of(value, found)
     return found
+
+
+def _reason_row(node: ast.AST) -> tuple[str, str, ast.expr] | None:
+    """(member name, reason, type expression) of a row `MEMBER = ("Reason", TYPE, ...)`."""
+    if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)):
+        return None
+    elts = node.value.elts
+    target = node.targets[0]
+    if len(elts) < 2 or not _is_str(elts[0]) or not isinstance(target, ast.Name):
+        return None
+    return target.id, elts[0].value, elts[1]  # type: ignore[attr-defined]
 
 
 def _is_str(node: object) -> bool:
@@ -108,14 +121,10 @@ def reasons_in_code() -> dict[str, set[str]]:
             for node in tree.body:
                 if isinstance(node, ast.Assign) and _is_str(node.value):
                     found[node.value.value]  # type: ignore[attr-defined]
-            for node in ast.walk(tree):  # an enum of (name, type, when) rows: agent.core.reasons
-                elts = (
-                    node.value.elts
-                    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
-                    else []
-                )
-                if len(elts) >= 2 and _is_str(elts[0]):
-                    found[elts[0].value] |= values_of(elts[1], names) & TYPES  # type: ignore[attr-defined]
+            for node in ast.walk(tree):  # ... and each row of a reasons enum, with its type
+                row = _reason_row(node)
+                if row is not None:
+                    found[row[1]] |= values_of(row[2], names) & TYPES
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             for first, second in zip(call.args, call.args[1:], strict=False):
                 types = values_of(first, names) & TYPES

@@ -92,3 +92,41 @@ def test_no_module_in_the_agent_or_the_lab_is_over_400_lines() -> None:
     }
     assert any(name.startswith("lab/") for name in sizes)
     assert {name: n for name, n in sizes.items() if n > 400} == {}
+
+
+def test_no_module_of_the_agent_imports_itself_through_another() -> None:
+    """No import circle anywhere in agent/ (type-checking imports included): a module that
+    reaches itself again through what it imports is two concerns that should be one, or a
+    value that belongs lower down. grimp is the graph import-linter builds its contracts on."""
+    import grimp
+
+    graph = grimp.build_graph("agent")
+    circles = sorted(
+        (module, imported)
+        for module in graph.modules
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.chain_exists(importer=imported, imported=module)
+    )
+    assert circles == [], f"import circles (module -> import that leads back): {circles}"
+
+
+def test_no_object_reaches_into_another_object_s_private_state() -> None:
+    """Collaborators receive what they use through their constructors and call each other's
+    public methods: `other._field` is nowhere in agent/ (self, cls and super() aside, and the
+    enum protocol's `_value_`)."""
+    import ast
+
+    reached = []
+    for path in sorted((ROOT / "agent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__") or node.attr == "_value_":
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue
+            if isinstance(owner, ast.Call) and ast.unparse(owner.func) == "super":
+                continue
+            reached.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert reached == []

@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agent.core.detect import PullFailure
+from agent.core.firsttrust import Decision
+from agent.core.policy import Policy
 from agent.core.reasons import NORMAL, WARNING
 from agent.core.recycle import FailingPod, Owner
 from agent.core.remediation import InstallRequest, Result
@@ -76,13 +78,12 @@ class Installer(Protocol):
 
 class FirstTrustStep(Protocol):
     """Safe first trust (agent.cluster.firsttrust.FirstTrust) as the remediation step sees
-    it: decide whether a fetched anchor may be installed, and install it through `rem`
-    (an `Installer`; typed `Any` because FirstTrust names the concrete `Remediation` until
-    it becomes a stage that returns its decision instead of installing, branch fleet)."""
+    it: a stage that decides what to do with a fetched anchor (install this request, rotate,
+    hold, refuse) and returns that decision; the remediation step installs and reports."""
 
-    def remediate(
-        self, rem: Any, req: InstallRequest, pod: PodRef, failure: PullFailure, key: str
-    ) -> Result | None: ...
+    def decide(
+        self, req: InstallRequest, policy: Policy, pod: PodRef, failure: PullFailure
+    ) -> Decision: ...
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from agent.cluster.controller.interfaces import (
 from agent.cluster.controller.publish import Publisher
 from agent.cluster.controller.reconcile import PolicySync
 from agent.cluster.controller.remediate import Remediation
-from agent.cluster.controller.state import ControllerState, WorkQueue
+from agent.cluster.controller.state import ControllerState
 from agent.cluster.controller.watch import Watch
 from agent.core.detect import PullFailure
 from agent.core.errors import describe_failure
@@ -124,19 +124,9 @@ class Controller:
 
     @first_trust.setter
     def first_trust(self, step: FirstTrustStep | None) -> None:
-        # FirstTrust.bind(controller) sets it (agent.cluster.firsttrust)
+        # the daemon sets it once FirstTrust is built with `requeue` (agent.cluster.firsttrust)
         self._first_trust = step
         self._remediation.use_first_trust(step)
-
-    # agent.cluster.firsttrust (another branch reworks it into a stage that returns a
-    # decision) still takes the lock and queues retries through these two; nothing else does
-    @property
-    def _lock(self) -> threading.RLock:
-        return self.state.lock
-
-    @property
-    def _queue(self) -> WorkQueue:
-        return self.state.queue
 
     # ------------------------------------------------------------ watch side
 
@@ -156,6 +146,12 @@ class Controller:
 
     def on_pod_deleted(self, obj: Mapping[str, Any]) -> None:
         self._watch.on_pod_deleted(obj)
+
+    def requeue(self, pod: PodRef, failure: PullFailure, key: str) -> None:
+        """Handle a failure again now, past its back-off (first trust: the record accepted
+        the anchor it waited for)."""
+        self.flights.forget(key)
+        self.state.queue.put(Work("failure", pod, failure))
 
     def request_reconcile(self) -> None:
         self.state.queue.put(Work("reconcile"))

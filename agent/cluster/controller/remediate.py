@@ -25,6 +25,7 @@ from agent.cluster.controller.interfaces import (
 )
 from agent.cluster.controller.publish import Publisher
 from agent.cluster.controller.state import ControllerState, failing_hosts
+from agent.core import firsttrust as ft
 from agent.core import gate as g
 from agent.core.detect import PullFailure
 from agent.core.errors import AgentError, describe_failure
@@ -120,9 +121,54 @@ class Remediation:
         """Install `req` for a failing pod: through safe first trust when there is one."""
         if self._first_trust is not None:
             # THE first-trust seam (agent.cluster.firsttrust): the cluster's record decides
-            # whether, and which anchor, this node installs; it installs through `self`.
-            return self._first_trust.remediate(self, req, pod, failure, key)
+            # whether, and which anchor, this node installs; this step installs and reports
+            policy = self._state.snapshot().policy
+            return self.follow(self._first_trust.decide(req, policy, pod, failure), pod, key)
         return self.install(req, pod, key)
+
+    def follow(self, decision: ft.Decision, pod: PodRef, key: str) -> Result | None:
+        """Carry out what first trust decided: install, rotate, or report why not."""
+        if decision.kind == ft.PROCEED:
+            return self.install(decision.requests[0], pod, key)
+        if decision.kind == ft.ROTATE:
+            return self._rotate(decision, pod, key)
+        message = decision.message
+        if decision.kind == ft.HOLD:
+            self._flights.forget(key)  # the record's watch or the policy's brings it back
+        else:
+            delay = self._flights.failed(key)
+            if decision.kind == ft.RETRY:
+                message += f"; next attempt in {delay:.0f}s at the earliest"
+        assert decision.reason is not None
+        self._report(pod, decision.reason, message)
+        return None
+
+    def _rotate(self, decision: ft.Decision, pod: PodRef, key: str) -> Result | None:
+        """New anchor beside the old; once the runtime verified it, the new one alone."""
+        first = self.install(decision.requests[0], pod, key)
+        if (
+            first is None
+            or first.status != "installed"
+            or first.restart_error is not None
+            or first.restart_required
+        ):
+            return first  # not in use yet: the old anchor stays trusted beside the new
+        req = decision.requests[1]
+        try:
+            done = self._engine.install(req)
+        except AgentError as exc:
+            log.warning("rotation of %s: old anchor not removed yet: %s", req.endpoint.key, exc)
+            return None
+        anchor = done.anchor
+        new = f"{anchor.subject} ({anchor.sha256})" if anchor else "the new anchor"
+        self._report(
+            pod,
+            Reason.CA_ROTATED,
+            f"Rotated the CA for {req.endpoint.key}: {new} is verified and trusted; the "
+            f"previous anchor {decision.rotated_from} was trusted beside it until then and "
+            "is now removed",
+        )
+        return done
 
     def _unexpected(self, pod: PodRef, failure: PullFailure, key: str, exc: Exception) -> None:
         """A remediation step raised where no failure was expected. The host backs off and

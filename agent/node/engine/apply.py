@@ -7,8 +7,7 @@ Before any restart, a failure rolls back everything written; a restart failure l
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from agent.core import plan as p
@@ -16,7 +15,7 @@ from agent.core.errors import AgentError, ApplyError, RuntimeRestartError, descr
 from agent.core.hostport import HostPort
 from agent.core.ledger_entry import LedgerEntry
 from agent.node import failpoints
-from agent.node.engine.base import EngineBase, log
+from agent.node.engine.context import EngineContext, log, timed
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,13 @@ class Undo:
     pending: LedgerEntry | None = None
 
 
-class Applier(EngineBase):
+class Applier:
     """Runs plan actions (files, ledger, refresh, verify, restarts) and rolls them back."""
 
-    def _apply(
+    def __init__(self, context: EngineContext) -> None:
+        self._ctx = context
+
+    def apply(
         self, actions: Sequence[p.Action], timings: dict[str, float], *, undo: Undo | None
     ) -> tuple[tuple[str, ...], RuntimeRestartError | None]:
         """Run the plan. Before any restart, a failure rolls everything back; a restart
@@ -51,10 +53,10 @@ class Applier(EngineBase):
             if isinstance(action, p.Restart):
                 try:
                     with (
-                        self._timed(timings, f"restart:{action.runtime}"),
-                        self._gate(action.runtime),
+                        timed(timings, f"restart:{action.runtime}"),
+                        self._ctx.gate(action.runtime),
                     ):
-                        self.manager.restart(action.runtime)
+                        self._ctx.manager.restart(action.runtime)
                     restarted.append(action.runtime)
                 except RuntimeRestartError as exc:
                     log.warning("runtime restart failed: %s", exc)
@@ -66,12 +68,12 @@ class Applier(EngineBase):
                 merged = tuple(dict.fromkeys((*done_before, *restarted)))
                 action = p.RecordLedger(replace(action.entry, restarted=merged))
             try:
-                self._run(action, timings)
+                self.run(action, timings)
                 if isinstance(action, p.Refresh) and recorded is not None:
                     self._check_refreshed(recorded, action.argv)
             except Exception as exc:  # any failure, not only ours: nothing half-written stays
                 if undo is not None and intent is not None:
-                    self._rollback(intent, done, undo)
+                    self.rollback(intent, done, undo)
                     raise ApplyError(
                         f"{describe_failure(exc)} — everything written was rolled back",
                         kind=_apply_kind(action),
@@ -85,30 +87,32 @@ class Applier(EngineBase):
             done.append(action)
         return tuple(restarted), restart_error
 
-    def _run(self, action: p.Action, timings: dict[str, float]) -> None:
+    def run(self, action: p.Action, timings: dict[str, float]) -> None:
+        """One action, on its own (no rollback): `apply` runs them in order."""
+        fs = self._ctx.fs
         match action:
             case p.RecordLedger(entry):
-                self.ledger.put(entry)
+                self._ctx.ledger.put(entry)
             case p.DropLedger(endpoint):
-                self.ledger.delete(endpoint)
+                self._ctx.ledger.delete(endpoint)
             case p.MakeDir(path):
-                self.fs.makedirs(path)
+                fs.makedirs(path)
             case p.WriteFile(path, content, mode):
-                with self._timed(timings, "write"):
-                    self.fs.write_atomic(path, content, mode)
+                with timed(timings, "write"):
+                    fs.write_atomic(path, content, mode)
                 # a write killed in an earlier run may have left its temp file (and the
                 # staging dir) beside ours: an anchors dir must hold complete files only
-                self.fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
+                fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
             case p.RemoveFile(path):
-                self.fs.remove_file(path)
+                fs.remove_file(path)
                 # a write killed half-way may have left its temp file beside ours
-                self.fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
+                fs.remove_temp_files(path.rsplit("/", 1)[0] or "/")
             case p.RemoveDir(path):
-                self.fs.remove_temp_files(path)
-                self.fs.remove_dir(path)
+                fs.remove_temp_files(path)
+                fs.remove_dir(path)
             case p.Refresh(argv):
-                with self._timed(timings, "refresh"):
-                    res = self.runner.run(argv)
+                with timed(timings, "refresh"):
+                    res = self._ctx.runner.run(argv)
                 if not res.ok:
                     detail = (res.stderr or res.stdout).strip()[-500:]
                     raise ApplyError(
@@ -116,9 +120,9 @@ class Applier(EngineBase):
                         kind="refresh-failed",
                     )
             case p.Verify(target, cafile, timeout):
-                with self._timed(timings, "verify"):
+                with timed(timings, "verify"):
                     self._do_verify(target, cafile, timeout)
-            case p.Restart():  # handled by _apply
+            case p.Restart():  # handled by apply
                 pass
 
     def _check_refreshed(self, entry: LedgerEntry, argv: tuple[str, ...]) -> None:
@@ -133,10 +137,10 @@ class Applier(EngineBase):
             and other.scope == "system"
             and other.sha256 == entry.sha256
             and other.state == "installed"
-            for other in self.entries().values()
+            for other in self._ctx.entries().values()
         )
         check_refreshed_bundle(
-            self.fs,
+            self._ctx.fs,
             entry.sha256,
             present=entry.state != "removing",
             refresh=argv,
@@ -145,14 +149,15 @@ class Applier(EngineBase):
         )
 
     def _do_verify(self, target: HostPort, cafile: str, timeout: float) -> None:
-        if self._verify is not None:
-            self._verify(target, self.fs.resolve(cafile))
+        real = self._ctx.fs.resolve(cafile)
+        if self._ctx.verify is not None:
+            self._ctx.verify(target, real)
             return
         from agent.node.chain import verify_handshake
 
-        verify_handshake(target, self.fs.resolve(cafile), timeout=timeout)
+        verify_handshake(target, real, timeout=timeout)
 
-    def _rollback(self, intent: LedgerEntry, done: Sequence[p.Action], undo: Undo) -> None:
+    def rollback(self, intent: LedgerEntry, done: Sequence[p.Action], undo: Undo) -> None:
         """Undo a failed install: put back the bytes that were there (or remove what we
         wrote), refresh again, and restore the previous ledger entry (or none)."""
         log.warning("rolling back %s", intent.endpoint)
@@ -162,27 +167,19 @@ class Applier(EngineBase):
                     case p.WriteFile(path) | p.RemoveFile(path):
                         old = undo.files.get(path)
                         if old is None:
-                            self.fs.remove_file(path)
+                            self._ctx.fs.remove_file(path)
                         else:
-                            self.fs.write_atomic(path, old)
+                            self._ctx.fs.write_atomic(path, old)
                     case p.MakeDir(path):
-                        self.fs.remove_dir(path)
+                        self._ctx.fs.remove_dir(path)
         for argv in dict.fromkeys(tuple(r) for r in intent.refresh):
             with contextlib.suppress(AgentError, OSError):
-                self.runner.run(argv)
+                self._ctx.runner.run(argv)
         with contextlib.suppress(AgentError, OSError):
             if undo.previous is None:
-                self.ledger.delete(intent.endpoint)
+                self._ctx.ledger.delete(intent.endpoint)
             else:
-                self.ledger.put(undo.previous)
-
-    @contextlib.contextmanager
-    def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+                self._ctx.ledger.put(undo.previous)
 
 
 def _apply_kind(action: p.Action) -> str:

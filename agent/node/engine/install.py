@@ -18,10 +18,11 @@ from agent.core.hostport import HostPort
 from agent.core.hosts_toml import append_ca
 from agent.core.ledger_entry import FileEdit, LedgerEntry
 from agent.core.remediation import InstallRequest, Result
+from agent.core.runtime_kinds import BY_NAME, labels
 from agent.core.system_anchor import system_anchor_refusal
-from agent.node.engine.apply import Undo
-from agent.node.engine.base import iso
-from agent.node.engine.verify import RuntimeVerifier
+from agent.node.engine.apply import Applier, Undo
+from agent.node.engine.context import EngineContext, iso
+from agent.node.engine.verify import Verifier
 from agent.node.stores import (
     Placement,
     RegistryStore,
@@ -34,19 +35,24 @@ if TYPE_CHECKING:  # the X.509 stack loads with the first install, not with the 
     from agent.core.trust import Analysis, CertInfo
 
 
-class Installer(RuntimeVerifier):
+class Installer:
     """`install` and the steps that decide what it writes and restarts."""
+
+    def __init__(self, context: EngineContext, applier: Applier, verifier: Verifier) -> None:
+        self._ctx = context
+        self._applier = applier
+        self._verifier = verifier
 
     # ---------------------------------------------------------------- install
 
     def install(self, req: InstallRequest) -> Result:
-        """Install, then let the runtime judge it (see RuntimeVerifier)."""
+        """Install, then let the runtime judge it (see Verifier)."""
         result, undo = self._install_once(req)
-        judged, fallback = self._judged(req, result, undo)
+        judged, fallback = self._verifier.judged(req, result, undo)
         if fallback is None:
             return judged
         again, undo = self._install_once(replace(req, scope="system"))
-        judged, _ = self._judged(replace(req, scope="system"), again, undo)
+        judged, _ = self._verifier.judged(replace(req, scope="system"), again, undo)
         return replace(judged, scope_reason=f"{fallback}; system scope instead")
 
     def _install_once(self, req: InstallRequest) -> tuple[Result, Undo | None]:
@@ -54,18 +60,21 @@ class Installer(RuntimeVerifier):
         registry = req.registry or req.endpoint
         analysis, anchor = self._analysis(req, timings)
         scope, placements, reason = self._placements(req, registry, anchor)
-        previous = self.entries().get(req.endpoint.key)
+        previous = self._ctx.entries().get(req.endpoint.key)
         # Only this endpoint's own files may be replaced: another entry's file is not "ours"
         # for this install, whatever its name.
         ours = set(previous.files) if previous else set()
         edits = self._hosts_toml_edits(req, registry, placements, previous)
         for pl in placements:
             check_placement(
-                self.fs, pl, ours=ours | {e.path for e in edits}, major=self.judge.major(pl.store)
+                self._ctx.fs,
+                pl,
+                ours=ours | {e.path for e in edits},
+                major=self._ctx.judge.major(pl.store),
             )
         restart_runtimes = self._restart_targets(req, placements)
         disk = self._disk_state(placements, previous, edits)
-        now = self._clock()
+        now = self._ctx.clock()
         entry = LedgerEntry(
             endpoint=req.endpoint.key,
             registry=registry.key,
@@ -139,7 +148,7 @@ class Installer(RuntimeVerifier):
         if held is not None:
             actions = actions[:-1]
         undo = Undo(previous, dict(disk.files))
-        restarted, restart_error = self._apply(actions, timings, undo=undo)
+        restarted, restart_error = self._applier.apply(actions, timings, undo=undo)
         if held is not None:
             # the plan's own intent came first, so this run's restarts are all there is
             held = replace(held, restarted=tuple(dict.fromkeys(restarted)))
@@ -166,8 +175,8 @@ class Installer(RuntimeVerifier):
 
     def _held_record(self, req: InstallRequest, actions: Sequence[p.Action]) -> LedgerEntry | None:
         """The plan's final "installed" record when the runtime will judge this install:
-        it is written only after the runtime's verdict (RuntimeVerifier._judged)."""
-        if not self._runtime_verdict_expected(req) or len(actions) < 2:
+        it is written only after the runtime's verdict (Verifier.judged)."""
+        if not self._verifier.expected(req) or len(actions) < 2:
             return None
         first, last = actions[0], actions[-1]
         opens = isinstance(first, p.RecordLedger) and first.entry.state == "installing"
@@ -184,7 +193,7 @@ class Installer(RuntimeVerifier):
             parse_pem_bundle,
         )
 
-        now = self._clock()
+        now = self._ctx.clock()
         if req.ca_pem is not None:
             provided = parse_pem_bundle(req.ca_pem)
             if len(provided) != 1:
@@ -210,8 +219,8 @@ class Installer(RuntimeVerifier):
 
     def _do_fetch(self, req: InstallRequest, timings: dict[str, float]) -> tuple[CertInfo, ...]:
         t0 = time.perf_counter()
-        if self._fetch is not None:
-            got = self._fetch(req.endpoint)
+        if self._ctx.fetch is not None:
+            got = self._ctx.fetch(req.endpoint)
         else:
             from agent.node.chain import UNSET, fetch_chain
 
@@ -241,7 +250,7 @@ class Installer(RuntimeVerifier):
             except StoreError as exc:
                 scope, reason = "system", str(exc)
         if scope == "system":
-            store = system_store(self.fs)
+            store = system_store(self._ctx.fs)
             refusal = system_anchor_refusal(anchor, store.family)
             if refusal is not None:  # p11-kit would drop it: fail before writing anything
                 raise StoreError(refusal + (f" ({reason})" if reason else ""), kind="not-a-ca")
@@ -252,29 +261,30 @@ class Installer(RuntimeVerifier):
     def _registry_stores(self) -> list[RegistryStore]:
         """Every runtime's per-registry store (each config read once), or StoreError saying
         why registry scope is not available: the reason `auto` reports for system scope."""
-        if not self.runtimes:
+        ctx = self._ctx
+        if not ctx.runtimes.names:
             raise StoreError(
                 "registry scope needs a container runtime, and none was found under the host root "
-                f"{self.fs.root} (looked for containerd, docker and CRI-O); pass --runtime",
+                f"{ctx.fs.root} (looked for {labels()}); pass --runtime",
                 kind="unavailable",
             )
-        return [registry_store(self.fs, rt, major=self.judge.major(rt)) for rt in self.runtimes]
+        return [registry_store(ctx.fs, rt, major=ctx.judge.major(rt)) for rt in ctx.runtimes.names]
 
     def _restart_required(self, req: InstallRequest, placements: Sequence[Placement]) -> list[str]:
         if not any(pl.needs_restart for pl in placements) or req.restart == "auto":
             return []
-        return list(self.runtimes)
+        return list(self._ctx.runtimes.names)
 
     def _restart_targets(self, req: InstallRequest, placements: Sequence[Placement]) -> list[str]:
         """Runtimes to restart; refused restarts fail here, before anything is written."""
         if req.restart != "auto" or not any(pl.needs_restart for pl in placements):
             return []
-        for rt in self.runtimes:
-            self.manager.check_restart_allowed(
+        for rt in self._ctx.runtimes.names:
+            self._ctx.manager.check_restart_allowed(
                 rt,
                 allow_docker_without_live_restore=req.allow_docker_restart_without_live_restore,
             )
-        return list(self.runtimes)
+        return list(self._ctx.runtimes.names)
 
     def _verify_action(
         self, req: InstallRequest, placements: Sequence[Placement], analysis: Analysis | None
@@ -297,13 +307,14 @@ class Installer(RuntimeVerifier):
         edits: list[FileEdit] = []
         for pl in placements:
             path = pl.directory.rstrip("/") + "/hosts.toml"
-            if pl.store != "containerd" or self.fs.lstat_kind(path) != "file":
+            kind = BY_NAME.get(pl.store)  # None: the OS store
+            if kind is None or not kind.hosts_toml or self._ctx.fs.lstat_kind(path) != "file":
                 continue
-            current = self.fs.read_bytes(path) or b""
+            current = self._ctx.fs.read_bytes(path) or b""
             mine = next((e for e in (previous.edits if previous else ()) if e.path == path), None)
             original = mine.original if mine is not None and current == mine.edited else current
-            if not hosts_toml_governs(original, self.judge.major(pl.store)):
-                continue  # containerd ignores that file: our *.crt beside it is enough
+            if not hosts_toml_governs(original, self._ctx.judge.major(pl.store)):
+                continue  # the runtime ignores that file: our *.crt beside it is enough
             edited = append_ca(original, req.endpoint, registry, pl.file)
             edits.append(FileEdit(path, original, edited))
         return tuple(edits)
@@ -316,12 +327,12 @@ class Installer(RuntimeVerifier):
     ) -> p.DiskState:
         paths = {pl.file for pl in placements} | set(previous.files if previous else ())
         paths |= {e.path for e in (*edits, *(previous.edits if previous else ()))}
-        files = {path: self.fs.read_bytes(path) for path in paths}
+        files = {path: self._ctx.fs.read_bytes(path) for path in paths}
         dirs: set[str] = set()
         for pl in placements:
             cur = pl.directory
             while cur not in ("/", ""):
-                if self.fs.is_dir(cur):
+                if self._ctx.fs.is_dir(cur):
                     dirs.add(cur)
                 cur = cur.rsplit("/", 1)[0] or "/"
         return p.DiskState(files=files, dirs=frozenset(dirs))

@@ -10,11 +10,15 @@ from agent.core.hostport import HostPort
 from agent.core.ledger_entry import LedgerEntry
 from agent.core.remediation import Result
 from agent.node.engine.apply import Applier
-from agent.node.engine.base import log
+from agent.node.engine.context import EngineContext, log
 
 
-class Remover(Applier):
+class Remover:
     """`remove` (the CLI's and the daemon's) and `recover` (after a crash)."""
+
+    def __init__(self, context: EngineContext, applier: Applier) -> None:
+        self._ctx = context
+        self._applier = applier
 
     def remove(
         self,
@@ -24,24 +28,25 @@ class Remover(Applier):
         dry_run: bool = False,
         allow_docker_restart_without_live_restore: bool = False,
     ) -> Result:
-        entry = self.entries().get(endpoint.key)
+        entry = self._ctx.entries().get(endpoint.key)
         registry = endpoint
         if entry is None:
             return Result(endpoint, registry, "absent", "", (), None, None, ())
         from agent.core.hostport import parse_hostport
 
         registry = parse_hostport(entry.registry)
+        runtimes = self._ctx.runtimes  # detected on first use only, as before
         needs_restart = entry.scope == "system" and restart == "auto"
         restart_runtimes: list[str] = []
         if needs_restart:
-            for rt in self.runtimes:
-                self.manager.check_restart_allowed(
+            for rt in runtimes.names:
+                self._ctx.manager.check_restart_allowed(
                     rt, allow_docker_without_live_restore=allow_docker_restart_without_live_restore
                 )
-            restart_runtimes = list(self.runtimes)
-        entry = self._edits_to_restore(entry)
+            restart_runtimes = list(runtimes.names)
+        entry = self.edits_to_restore(entry)
         actions = p.plan_remove(entry, restart_runtimes=restart_runtimes)
-        required = tuple(self.runtimes) if entry.scope == "system" and restart == "never" else ()
+        required = runtimes.names if entry.scope == "system" and restart == "never" else ()
         if dry_run:
             return Result(
                 endpoint,
@@ -55,7 +60,7 @@ class Remover(Applier):
                 restart_required=required,
             )
         timings: dict[str, float] = {}
-        restarted, restart_error = self._apply(actions, timings, undo=None)
+        restarted, restart_error = self._applier.apply(actions, timings, undo=None)
         return Result(
             endpoint,
             registry,
@@ -77,22 +82,22 @@ class Remover(Applier):
         Returns the endpoints it touched. Restarts are not done here: the caller decides.
         """
         touched: list[str] = []
-        for key, entry in sorted(self.entries().items()):
+        for key, entry in sorted(self._ctx.entries().items()):
             if entry.state in ("installing", "removing"):
                 try:
                     if entry.state == "installing" and entry.previous is not None:
                         # an install over an installed entry (a rotation): back to that
                         converge = p.plan_restore(entry)
                     else:
-                        converge = p.plan_remove(self._edits_to_restore(entry), restart_runtimes=())
-                    self._apply(converge, {}, undo=None)
+                        converge = p.plan_remove(self.edits_to_restore(entry), restart_runtimes=())
+                    self._applier.apply(converge, {}, undo=None)
                 except AgentError as exc:  # one bad entry must not block the others
                     log.warning("cannot converge ledger entry %s: %s", key, exc)
                     continue
                 touched.append(key)
         return touched
 
-    def _edits_to_restore(self, entry: LedgerEntry) -> LedgerEntry:
+    def edits_to_restore(self, entry: LedgerEntry) -> LedgerEntry:
         """`entry` keeping only the edits whose file still holds exactly our edit: those get
         their original bytes back. A file already back to its original (a crash before the
         edit), or from which someone took our line out, is left as it is. A file changed by
@@ -100,7 +105,7 @@ class Remover(Applier):
         p.check_ours(entry)  # a tampered ledger names no file we may read or restore
         keep = []
         for edit in entry.edits:
-            now = self.fs.read_bytes(edit.path)
+            now = self._ctx.fs.read_bytes(edit.path)
             if now == edit.edited:
                 keep.append(edit)
             elif now is not None and now != edit.original and self._names_ours(now, entry):

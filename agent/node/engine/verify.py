@@ -15,27 +15,38 @@ from agent.core import plan as p
 from agent.core.errors import AgentError, ApplyError, describe_failure
 from agent.core.pull_verdict import INCONCLUSIVE, regarding
 from agent.core.remediation import InstallRequest, Result
+from agent.core.runtime_kinds import BY_NAME, RUNTIMES
 from agent.node import failpoints
-from agent.node.engine.apply import Undo
-from agent.node.engine.base import log
+from agent.node.engine.apply import Applier, Undo
+from agent.node.engine.context import EngineContext, log, timed
 from agent.node.engine.remove import Remover
+from agent.node.runtimes.registry import REGISTRY
 
 
-class RuntimeVerifier(Remover):
-    """The runtime's verdict on a finished install, and the undo when it refuses."""
+class Verifier:
+    """The runtime's verdict on a finished install: commit it, or undo it when refused.
 
-    def _runtime_verdict_expected(self, req: InstallRequest) -> bool:
+    The "installed" record of an install the runtime will judge is held back by the
+    installer (`Undo.pending`) and written here, by `commit`, only after the verdict; a
+    verification that raises rolls the install back (fail closed)."""
+
+    def __init__(self, context: EngineContext, applier: Applier, remover: Remover) -> None:
+        self._ctx = context
+        self._applier = applier
+        self._remover = remover
+
+    def expected(self, req: InstallRequest) -> bool:
         """Whether a runtime will be asked to pull after this request's writes."""
         if req.verify == "tls":
             return False
         if req.verify == "runtime":
             return True  # asked for: a runtime that cannot answer is reported, not skipped
-        return bool(req.image) and bool(self.judge.answering(self.runtimes))
+        return bool(req.image) and bool(self._ctx.judge.answering(self._ctx.runtimes.names))
 
     def _verification_wanted(self, req: InstallRequest, result: Result) -> bool:
-        return result.status in ("installed", "unchanged") and self._runtime_verdict_expected(req)
+        return result.status in ("installed", "unchanged") and self.expected(req)
 
-    def _judged(
+    def judged(
         self, req: InstallRequest, result: Result, undo: Undo | None
     ) -> tuple[Result, str | None]:
         """`result` with the verification that ran, and a reason to try system scope next
@@ -49,9 +60,10 @@ class RuntimeVerifier(Remover):
         assert req.image is not None
         try:
             failpoints.hit("verify:runtime")
-            with self._timed(result.timings, "runtime-verify"):
-                verdict = self.judge.judge(
-                    self.judge.answering(self.runtimes), req.image, req.timeout
+            judge = self._ctx.judge
+            with timed(result.timings, "runtime-verify"):
+                verdict = judge.judge(
+                    judge.answering(self._ctx.runtimes.names), req.image, req.timeout
                 )
         except Exception as exc:  # a verifier that breaks must not leave unverified trust
             self._revert_unverified(req, result, undo)
@@ -82,7 +94,7 @@ class RuntimeVerifier(Remover):
     def _commit(self, undo: Undo | None) -> None:
         """The runtime accepted (or could not be asked): record the install as done."""
         if undo is not None and undo.pending is not None:
-            self.ledger.put(undo.pending)
+            self._ctx.ledger.put(undo.pending)
 
     def _revert_unverified(self, req: InstallRequest, result: Result, undo: Undo | None) -> None:
         """Undo this run's writes after a broken verification. An install that wrote
@@ -104,11 +116,12 @@ class RuntimeVerifier(Remover):
         found = [
             f"wrote {files}" if files else f"{result.scope} scope ({', '.join(result.stores)})"
         ]
-        if "containerd" in result.stores or result.scope == "system":
-            from agent.node.runtimes.containerd import read_containerd
-
-            with contextlib.suppress(AgentError):
-                found.append(f"containerd config: {read_containerd(self.fs).source}")
+        # the runtimes whose config decides where they read trust: the stores written, or
+        # for system scope every runtime that could have been meant
+        for name in RUNTIMES if result.scope == "system" else result.stores:
+            source = REGISTRY[name].config_source(self._ctx.fs) if name in REGISTRY else None
+            if source is not None:
+                found.append(f"{BY_NAME[name].label} config: {source}")
         if result.scope_reason:
             found.append(result.scope_reason)
         return "; ".join(found)
@@ -116,21 +129,21 @@ class RuntimeVerifier(Remover):
     def _revert(self, req: InstallRequest, result: Result, undo: Undo | None) -> None:
         """Put the node back as it was before this install (restarting what the install
         restarted, so a runtime that cached the new pool drops it again)."""
-        entry = self.entries().get(req.endpoint.key)
+        entry = self._ctx.entries().get(req.endpoint.key)
         if entry is None:
             return
         if result.status == "unchanged" or undo is None or undo.previous is None:
-            self.remove(
+            self._remover.remove(
                 req.endpoint,
                 restart=req.restart,
                 allow_docker_restart_without_live_restore=req.allow_docker_restart_without_live_restore,
             )
             return
         writes = [a for a in result.actions if isinstance(a, p.WriteFile | p.MakeDir)]
-        self._rollback(entry, writes, undo)
+        self._applier.rollback(entry, writes, undo)
         for runtime in result.restarted:
-            with contextlib.suppress(AgentError), self._gate(runtime):
-                self.manager.restart(runtime)
+            with contextlib.suppress(AgentError), self._ctx.gate(runtime):
+                self._ctx.manager.restart(runtime)
 
 
 def _undone(result: Result) -> str:

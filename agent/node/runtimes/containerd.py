@@ -8,15 +8,21 @@ the distribution, not by the operator.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import posixpath
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from agent.core import containerd_config as cc
-from agent.core.errors import RuntimeRestartError, StoreError
-from agent.node.host import HostFS
+from agent.core.errors import AgentError, RuntimeRestartError, StoreError
+from agent.core.placement import Placement
+from agent.core.pull_verdict import PullVerdict
+from agent.core.runtime_kinds import BY_NAME, RuntimeKind
+from agent.node.host import HostFS, split_host_path
+from agent.node.runtimes.sockets import probe_grpc
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 # k3s and RKE2 generate their containerd's config and certs.d at every start from
@@ -144,3 +150,118 @@ def check_not_embedded(fs: HostFS) -> None:
             f"(configs.<registry>.tls.ca_file) and restart {distribution} yourself",
             kind="refused",
         )
+
+
+def certs_dir(fs: HostFS, major: int | None) -> str:
+    """The directory `registry_dirs` found, or StoreError("unavailable") saying what to set."""
+    dirs = registry_dirs(fs, major)
+    if dirs.directory is None:
+        hint = (
+            '; set config_path (e.g. config_path = "/etc/containerd/certs.d") under '
+            '[plugins."io.containerd.grpc.v1.cri".registry] (containerd 1.x) or '
+            "[plugins.'io.containerd.cri.v1.images'.registry] (2.x) and restart containerd "
+            "once, or use system scope"
+            if not dirs.config_path and "registries.yaml" not in dirs.reason
+            else ""
+        )
+        raise StoreError(
+            f"registry scope is not available for containerd: {dirs.reason}{hint}",
+            kind="unavailable",
+        )
+    path = dirs.directory
+    try:
+        split_host_path(path)
+    except StoreError as exc:
+        raise StoreError(
+            f"containerd config_path {path!r} ({dirs.reason}) is not usable: {exc}",
+            kind="unavailable",
+        ) from exc
+    return path.rstrip("/") or "/"
+
+
+def _check_hosts_toml(
+    fs: HostFS, placement: Placement, ours: Collection[str], major: int | None
+) -> None:
+    """A hosts.toml that containerd obeys makes it ignore our `*.crt` beside it; one it
+    ignores (empty, unparsable, or on 1.x without a host table) does not matter."""
+    hosts = placement.directory.rstrip("/") + "/hosts.toml"
+    kind = fs.lstat_kind(hosts)
+    if kind is None or hosts in ours:
+        return
+    # anything but a regular file (a link, a directory) is not ours to judge: a conflict
+    governs = kind != "file" or cc.hosts_toml_governs(fs.read_bytes(hosts) or b"", major)
+    if governs:
+        raise StoreError(
+            f"{hosts} exists: containerd ignores *.crt files in {placement.directory} when a "
+            "hosts.toml is present, so our CA would have no effect. Add `ca = [...]` to that "
+            "hosts.toml yourself, or use system scope",
+            kind="conflict",
+        )
+
+
+def _check_port_directory(fs: HostFS, placement: Placement) -> None:
+    """containerd looks up `certs.d/<host>_<port>_/` before `certs.d/<host>:<port>/` (its
+    Windows-safe spelling), so an existing one hides ours entirely (seen on 1.6.20)."""
+    parent, _, base = placement.directory.rstrip("/").rpartition("/")
+    idx = base.rfind(":")
+    if idx <= 0:
+        return
+    other = f"{parent}/{base[:idx]}_{base[idx + 1 :]}_"
+    if fs.lstat_kind(other) is not None:
+        raise StoreError(
+            f"{other} exists: containerd reads it instead of {placement.directory}, so our CA "
+            "would have no effect. Put the CA there yourself, or remove that directory",
+            kind="conflict",
+        )
+
+
+CONTAINERD = BY_NAME["containerd"]
+
+
+class Containerd:
+    """containerd as a `Runtime`: CRI over its socket, certs.d from its config."""
+
+    kind: RuntimeKind = CONTAINERD
+
+    def socket(self, fs: HostFS) -> str:
+        return containerd_socket(fs)
+
+    def certs_dir(self, fs: HostFS, major: int | None) -> str:
+        return certs_dir(fs, major)
+
+    def check_placement(
+        self,
+        fs: HostFS,
+        placement: Placement,
+        *,
+        ours: Collection[str],
+        dir_exists: bool,
+        major: int | None,
+    ) -> None:
+        if dir_exists:
+            _check_hosts_toml(fs, placement, ours, major)
+        _check_port_directory(fs, placement)
+
+    def config_source(self, fs: HostFS) -> str | None:
+        with contextlib.suppress(AgentError):
+            return read_containerd(fs).source
+        return None
+
+    def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
+        check_not_embedded(fs)  # consent to stop containers is not consent to restart k3s
+
+    def probe(self, real_path: str, timeout: float) -> None:
+        probe_grpc(real_path, timeout)
+
+    def pull(self, real_socket: str, image: str, timeout: float) -> PullVerdict:
+        from agent.node.runtimes.cri import cri_pull
+
+        return cri_pull(real_socket, image, runtime=CONTAINERD.name, timeout=timeout)
+
+    def version(self, real_socket: str, timeout: float) -> str | None:
+        from agent.node.runtimes.cri import cri_version
+
+        return cri_version(real_socket, timeout)
+
+
+RUNTIME = Containerd()

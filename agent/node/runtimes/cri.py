@@ -9,11 +9,15 @@ runtime/v1), so no generated code ships and no protoc runs on a node.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from agent.core.pull_verdict import PULLED, PullVerdict, classify_pull_error, short
+
+# the judge's logger, as before the runtimes had modules of their own
+log = logging.getLogger("agent.node.judge")
 
 _PACKAGE = "runtime.v1"
 # message name -> ((field name, number, type, message type or ""), ...)
@@ -124,3 +128,19 @@ class CriClient:
                 time.monotonic() - started,
             )
         return PullVerdict(PULLED, runtime, image, str(reply.image_ref), time.monotonic() - started)
+
+
+def cri_pull(real_socket: str, image: str, *, runtime: str, timeout: float) -> PullVerdict:
+    """One PullImage through a fresh channel (containerd, CRI-O)."""
+    with CriClient(real_socket, timeout=timeout) as cri:
+        return cri.pull(image, runtime=runtime, timeout=timeout)
+
+
+def cri_version(real_socket: str, timeout: float = 2.0) -> str | None:
+    """`RuntimeService/Version` of a CRI runtime, or None when nothing answers."""
+    try:
+        with CriClient(real_socket, timeout=timeout) as cri:
+            return cri.version().version
+    except Exception as exc:  # any gRPC failure: the version stays unknown
+        log.debug("no CRI version from %s: %s", real_socket, exc)
+        return None

@@ -7,17 +7,23 @@ refused unless daemon.json turns it on or the policy explicitly allows it.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 from agent.core.errors import RuntimeRestartError, StoreError
+from agent.core.placement import Placement
+from agent.core.pull_verdict import PullVerdict
+from agent.core.runtime_kinds import BY_NAME, RuntimeKind
 from agent.node.host import HostFS
-from agent.node.runtimes.sockets import DEFAULT_SOCKETS, connect, first_existing
+from agent.node.runtimes.sockets import connect, first_existing
 
+DOCKER = BY_NAME["docker"]
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 DOCKER_PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
 
 
 def docker_socket(fs: HostFS) -> str:
-    return first_existing(fs, DEFAULT_SOCKETS["docker"])
+    return first_existing(fs, DOCKER.default_sockets)
 
 
 def check_live_restore(fs: HostFS) -> None:
@@ -69,3 +75,47 @@ def probe_docker(real_path: str, timeout: float = 2.0) -> None:
     status = head.split(b"\r\n", 1)[0].split()
     if len(status) < 2 or status[1] != b"200" or not body.strip().endswith(b"OK"):
         raise OSError(f"docker /_ping on {real_path} answered {data[:200]!r}")
+
+
+class Docker:
+    """dockerd as a `Runtime`: the Engine API over its socket, /etc/docker/certs.d."""
+
+    kind: RuntimeKind = DOCKER
+
+    def socket(self, fs: HostFS) -> str:
+        return docker_socket(fs)
+
+    def certs_dir(self, fs: HostFS, major: int | None) -> str:
+        return DOCKER_CERTS_DIR
+
+    def check_placement(
+        self,
+        fs: HostFS,
+        placement: Placement,
+        *,
+        ours: Collection[str],
+        dir_exists: bool,
+        major: int | None,
+    ) -> None:
+        return None  # nothing beside our file overrides it in docker's certs.d
+
+    def config_source(self, fs: HostFS) -> str | None:
+        return None  # /etc/docker/certs.d is fixed
+
+    def check_restart(self, fs: HostFS, *, allow_disruptive: bool) -> None:
+        if not allow_disruptive:
+            check_live_restore(fs)
+
+    def probe(self, real_path: str, timeout: float) -> None:
+        probe_docker(real_path, timeout)
+
+    def pull(self, real_socket: str, image: str, timeout: float) -> PullVerdict:
+        from agent.node.runtimes import dockerapi
+
+        return dockerapi.pull(real_socket, image, timeout=timeout)
+
+    def version(self, real_socket: str, timeout: float) -> str | None:
+        return None  # nothing the agent decides depends on dockerd's version
+
+
+RUNTIME = Docker()

@@ -1,4 +1,4 @@
-"""Runtime API sockets: where each runtime listens by default, and how one is reached."""
+"""Runtime API sockets: how one is found and reached, and the gRPC readiness probe."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import socket
 from agent.core.errors import StoreError
 from agent.node.host import HostFS
 
-DEFAULT_SOCKETS: dict[str, tuple[str, ...]] = {
-    "containerd": ("/run/containerd/containerd.sock",),
-    "docker": ("/var/run/docker.sock", "/run/docker.sock"),
-    "crio": ("/var/run/crio/crio.sock", "/run/crio/crio.sock"),
-}
+# HTTP/2 connection preface followed by an empty SETTINGS frame (RFC 9113 §3.4, §6.5).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_SETTINGS = 0x4
 
 
 def strip_unix(address: str) -> str:
@@ -55,3 +53,12 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
             break
         buf += chunk
     return buf
+
+
+def probe_grpc(real_path: str, timeout: float = 2.0) -> None:
+    """Raise OSError unless an HTTP/2 server (gRPC) answers our preface with SETTINGS."""
+    with connect(real_path, timeout) as sock:
+        sock.sendall(H2_PREFACE)
+        header = recv_exactly(sock, 9)
+    if len(header) < 9 or header[3] != H2_SETTINGS:
+        raise OSError(f"no HTTP/2 SETTINGS frame from {real_path} (got {header!r})")

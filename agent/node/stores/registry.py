@@ -11,11 +11,8 @@ from dataclasses import dataclass
 
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
-from agent.node.host import HostFS, split_host_path
-from agent.node.stores import Placement, file_name
-
-DOCKER_CERTS_DIR = "/etc/docker/certs.d"
-CRIO_CERTS_DIR = "/etc/containers/certs.d"
+from agent.core.placement import Placement, file_name
+from agent.node.host import HostFS
 
 
 @dataclass(frozen=True)
@@ -48,36 +45,11 @@ def registry_store(fs: HostFS, runtime: str, *, major: int | None = None) -> Reg
 
     `major` is containerd's major version when known (Node object or CRI Version): a
     config_path list is read differently by 1.x and 2.x."""
-    if runtime == "docker":
-        return RegistryStore("docker", DOCKER_CERTS_DIR)
-    if runtime == "crio":
-        return RegistryStore("crio", CRIO_CERTS_DIR)
-    if runtime != "containerd":
+    from agent.node.runtimes.registry import REGISTRY
+
+    found = REGISTRY.get(runtime)
+    if found is None:
         raise StoreError(
             f"registry scope is not available for unknown runtime {runtime!r}", kind="unavailable"
         )
-    from agent.node.runtimes.containerd import registry_dirs
-
-    dirs = registry_dirs(fs, major)
-    if dirs.directory is None:
-        hint = (
-            '; set config_path (e.g. config_path = "/etc/containerd/certs.d") under '
-            '[plugins."io.containerd.grpc.v1.cri".registry] (containerd 1.x) or '
-            "[plugins.'io.containerd.cri.v1.images'.registry] (2.x) and restart containerd "
-            "once, or use system scope"
-            if not dirs.config_path and "registries.yaml" not in dirs.reason
-            else ""
-        )
-        raise StoreError(
-            f"registry scope is not available for containerd: {dirs.reason}{hint}",
-            kind="unavailable",
-        )
-    path = dirs.directory
-    try:
-        split_host_path(path)
-    except StoreError as exc:
-        raise StoreError(
-            f"containerd config_path {path!r} ({dirs.reason}) is not usable: {exc}",
-            kind="unavailable",
-        ) from exc
-    return RegistryStore("containerd", path.rstrip("/") or "/")
+    return RegistryStore(runtime, found.certs_dir(fs, major))

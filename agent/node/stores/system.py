@@ -12,70 +12,10 @@ from dataclasses import dataclass
 
 from agent.core.errors import StoreError
 from agent.core.hostport import HostPort
+from agent.core.os_families import OsFamily, family_of, known_families
+from agent.core.placement import Placement, file_name
 from agent.node.host import HostFS
-from agent.node.stores import Placement, file_name
 from agent.node.stores.bundle import check_bundle, files_holding
-
-
-@dataclass(frozen=True)
-class _Layout:
-    anchor_dir: str
-    refresh: tuple[str, ...]
-    bundle: str
-    # After a removal. Debian's update-ca-certificates counts only added links and "!"-listed
-    # removals, so a deleted local .crt leaves a dangling ca-trust-agent-*.pem link and its
-    # hash link in /etc/ssl/certs; --fresh rebuilds the links (seen on Debian 12).
-    refresh_after_remove: tuple[str, ...] | None = None
-
-
-LAYOUTS: dict[str, _Layout] = {
-    "rhel": _Layout(
-        "/etc/pki/ca-trust/source/anchors",
-        ("update-ca-trust", "extract"),
-        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    ),
-    "debian": _Layout(
-        "/usr/local/share/ca-certificates",
-        ("update-ca-certificates",),
-        "/etc/ssl/certs/ca-certificates.crt",
-        ("update-ca-certificates", "--fresh"),
-    ),
-    "suse": _Layout(
-        "/etc/pki/trust/anchors",
-        ("update-ca-certificates",),
-        "/var/lib/ca-certificates/ca-bundle.pem",
-    ),
-    "alpine": _Layout(
-        "/usr/local/share/ca-certificates",
-        ("update-ca-certificates",),
-        "/etc/ssl/certs/ca-certificates.crt",
-    ),
-}
-
-# os-release IDs (lower-cased) -> family. ID_LIKE is consulted with the same table.
-FAMILIES: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "rhel",
-            "centos",
-            "rocky",
-            "almalinux",
-            "fedora",
-            "ol",
-            "amzn",
-            "euleros",
-            "openeuler",
-            "hce",
-        ),
-        "rhel",
-    ),
-    **dict.fromkeys(("debian", "ubuntu"), "debian"),
-    **dict.fromkeys(
-        ("sles", "sled", "sle-micro", "opensuse", "opensuse-leap", "opensuse-tumbleweed", "suse"),
-        "suse",
-    ),
-    "alpine": "alpine",
-}
 
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
 
@@ -100,14 +40,6 @@ def parse_os_release(text: str) -> dict[str, str]:
     return fields
 
 
-def family_of(os_id: str, id_like: str = "") -> str | None:
-    for candidate in (os_id, *id_like.split()):
-        family = FAMILIES.get(candidate.lower())
-        if family is not None:
-            return family
-    return None
-
-
 @dataclass(frozen=True)
 class SystemStore:
     os_id: str
@@ -116,6 +48,17 @@ class SystemStore:
     refresh: tuple[str, ...]
     bundle: str
     refresh_after_remove: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, os_id: str, family: OsFamily) -> SystemStore:
+        return cls(
+            os_id=os_id,
+            family=family.name,
+            anchor_dir=family.anchor_dir,
+            refresh=family.refresh,
+            bundle=family.bundle,
+            refresh_after_remove=family.refresh_after_remove,
+        )
 
     def placement(
         self, endpoint: HostPort, pem: bytes, registry: HostPort | None = None
@@ -150,24 +93,15 @@ def system_store(fs: HostFS) -> SystemStore:
     fields = parse_os_release(data.decode("utf-8", errors="replace"))
     os_id = fields.get("ID", "").lower()
     id_like = fields.get("ID_LIKE", "").lower()
-    family = family_of(os_id, id_like)
-    if family is None:
+    found = family_of(os_id, id_like)
+    if found is None:
         raise StoreError(
             f"unsupported OS ID={os_id or '(none)'!s}"
             + (f" ID_LIKE={id_like!r}" if id_like else "")
-            + f" in {path}: system scope knows the RHEL, Debian/Ubuntu, SUSE and Alpine "
-            "families; use registry scope",
+            + f" in {path}: system scope knows the {known_families()}; use registry scope",
             kind="unsupported-os",
         )
-    layout = LAYOUTS[family]
-    return SystemStore(
-        os_id=os_id,
-        family=family,
-        anchor_dir=layout.anchor_dir,
-        refresh=layout.refresh,
-        bundle=layout.bundle,
-        refresh_after_remove=layout.refresh_after_remove,
-    )
+    return SystemStore.of(os_id, found)
 
 
 def check_refreshed_bundle(

@@ -87,6 +87,7 @@ class Traffic:
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
         self._bytes: dict[str, int] = {}
+        self._watch_bytes: dict[str, int] = {}  # resource plural -> watch event bytes sent
         self._requests: list[RequestRecord] = []
 
     def log(self, record: RequestRecord) -> None:
@@ -104,6 +105,16 @@ class Traffic:
     def bytes_by_client(self) -> dict[str, int]:
         with self._lock:
             return dict(self._bytes)
+
+    def count_watch(self, plural: str, n: int) -> None:
+        with self._lock:
+            self._watch_bytes[plural] = self._watch_bytes.get(plural, 0) + n
+
+    def watch_bytes(self, plural: str | None = None) -> int:
+        with self._lock:
+            if plural is None:
+                return sum(self._watch_bytes.values())
+            return self._watch_bytes.get(plural, 0)
 
     def requests(self) -> list[RequestRecord]:
         with self._lock:

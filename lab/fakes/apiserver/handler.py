@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # kube-apiserver (Go) listens with the kernel's somaxconn backlog; socketserver's default
+    # of 5 resets connections when a fleet of clients connects at once
+    request_queue_size = 4096
     api: FakeApiServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -140,9 +143,11 @@ class Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _chunk(self, event: JSON) -> None:
+    def _chunk(self, event: JSON, plural: str) -> None:
         line = json.dumps(event).encode() + b"\n"
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        framed = b"%x\r\n%s\r\n" % (len(line), line)
+        self.wfile.write(framed)
+        self.server.api.traffic.count_watch(plural, len(framed))
 
     def _watch(self, route: Route, query: dict[str, str]) -> None:
         api = self.server.api
@@ -155,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for event in first:
-                self._chunk(event)
+                self._chunk(event, route.kind.plural)
             if w is not None and not self._stream(w, time.monotonic() + timeout, bookmarks):
                 return
             self.wfile.write(b"0\r\n\r\n")
@@ -183,15 +188,16 @@ class Handler(BaseHTTPRequestHandler):
                 return True
             if item == EXPIRE:
                 message = "too old resource version: the watch cache was compacted"
-                self._chunk({"type": "ERROR", "object": status_object(410, "Expired", message)})
+                expired = {"type": "ERROR", "object": status_object(410, "Expired", message)}
+                self._chunk(expired, w.kind.plural)
                 return True
             if isinstance(item, Change):
                 event = w.translate(item)
                 if event is not None:
-                    self._chunk(copy.deepcopy(event))
+                    self._chunk(copy.deepcopy(event), w.kind.plural)
             if bookmarks and time.monotonic() - last_bookmark >= api.bookmark_interval:
                 mark = api.store.bookmark(w)
                 if mark is not None:
-                    self._chunk(mark)
+                    self._chunk(mark, w.kind.plural)
                     last_bookmark = time.monotonic()
         return True

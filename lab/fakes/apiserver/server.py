@@ -115,6 +115,11 @@ class FakeApiServer:
     def bytes_by_client(self) -> dict[str, int]:
         return self.traffic.bytes_by_client()
 
+    def watch_bytes(self, plural: str | None = None) -> int:
+        """Bytes of watch events (each framed as a chunk) sent on the watches of `plural`
+        (every watch: None), summed over all watchers: the apiserver's fan-out cost."""
+        return self.traffic.watch_bytes(plural)
+
     def requests(self) -> list[RequestRecord]:
         return self.traffic.requests()
 

@@ -100,8 +100,11 @@ class Store:
         if len(self.history) == self.history.maxlen:
             self.compacted = self.history[0].rv
         self.history.append(change)
+        # kube-apiserver keeps a cacher per resource: a write wakes the watchers of its own
+        # resource only (a fleet's Event POSTs must not wake every ConfigMap watch)
         for w in self.watches:
-            w.queue.put(change)
+            if w.kind.plural == change.plural:
+                w.queue.put(change)
 
     # watches
     def expire_history(self) -> None:

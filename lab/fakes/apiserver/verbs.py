@@ -190,7 +190,27 @@ def check_body(kind: Kind, route: Route, body: Any, creating: bool = False) -> J
     if not creating and meta.get("name") != route.name:
         raise ApiFailure(400, "BadRequest", "the name of the object does not match the "
                          "name on the URL")
+    _check_configmap_size(kind, obj)
     return obj
+
+
+CONFIGMAP_MAX_BYTES = 1024 * 1024  # data + binaryData, keys included (apimachinery)
+
+
+def _check_configmap_size(kind: Kind, obj: JSON) -> None:
+    """kube-apiserver refuses a ConfigMap whose data holds more than 1 MiB (422)."""
+    if kind.plural != "configmaps":
+        return
+    size = 0
+    for section in ("data", "binaryData"):
+        for key, value in (obj.get(section) or {}).items():
+            size += len(str(key)) + len(str(value))
+    if size > CONFIGMAP_MAX_BYTES:
+        name = (obj.get("metadata") or {}).get("name", "")
+        raise ApiFailure(
+            422, "Invalid", f'ConfigMap "{name}" is invalid: []: Too long: must have at most '
+            f"{CONFIGMAP_MAX_BYTES} bytes",
+        )
 
 
 def patched(old: JSON, body: Any, content_type: str) -> JSON:

@@ -440,3 +440,23 @@ def test_after_close_a_sync_recorder_drops_too(
     rec.node("node-a", "Normal", "CATrusted", "after close")
     assert rec.dropped == {"closed": 1}
     assert api.objects("events") == []
+
+
+def test_the_per_pod_event_lookup_reads_the_watch_cache_not_etcd(
+    api: FakeApiServer, client: KubeClient, clock: FakeClock
+) -> None:
+    """A pod in back-off whose status has no error text costs one Event list per lookup; with
+    resourceVersion=0 kube-apiserver serves it from its watch cache (a failing workload of
+    1,000 pods is 1,000 lookups, none of them a quorum read from etcd)."""
+    from agent.cluster.daemon import ApiCluster
+
+    rec = recorder(client, clock)
+    rec.pod("shop", "web-1", "0b7f-uid", "Warning", "Failed", "x509: unknown authority")
+    rec.pod("shop", "web-2", "other-uid", "Warning", "Failed", "x509: unknown authority")
+    api.clear_requests()
+    [event] = ApiCluster(client, "node-a").pod_events("shop", "0b7f-uid")
+    assert event["involvedObject"]["name"] == "web-1"
+    [lookup] = api.requests()
+    assert lookup.method == "GET" and lookup.path == "/api/v1/namespaces/shop/events"
+    assert lookup.query["resourceVersion"] == "0"
+    assert lookup.query["fieldSelector"] == "involvedObject.uid=0b7f-uid"

@@ -137,7 +137,7 @@ def test_a_write_killed_before_its_rename_never_becomes_trusted(rhel: RhelStore)
 def test_only_extract_is_understood_by_every_style(rhel: RhelStore) -> None:
     """EL7/8/9 ignore arguments; Fedora-style scripts refuse `enable`. `extract` works on both,
     and it is what the agent runs."""
-    from agent.node.stores.system import LAYOUTS
+    from agent.core.os_families import FAMILIES as LAYOUTS
 
     assert LAYOUTS["rhel"].refresh == ("update-ca-trust", "extract")
     assert rhel.update_ca_trust("extract").returncode == 0

@@ -225,7 +225,7 @@ def test_recover_undoes_an_install_that_died_half_way(node: Node) -> None:
     from agent.core import plan as p
 
     for action in result.actions[:3]:  # RecordLedger(installing), MakeDir..., WriteFile
-        engine._run(action, {})
+        engine.applier.run(action, {})
     assert engine.entries()[REG.key].state == "installing"
     assert engine.recover() == [REG.key]
     assert engine.entries() == {}

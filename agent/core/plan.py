@@ -73,9 +73,11 @@ class Verify:
     target: HostPort
     cafile: str
     timeout: float = 10.0
+    proxy: str | None = None  # None: the agent's environment decides; "": direct
 
     def describe(self) -> str:
-        return f"verify a TLS handshake to {self.target.key} trusting only {self.cafile}"
+        via = f" through {self.proxy}" if self.proxy else ""
+        return f"verify a TLS handshake to {self.target.key}{via} trusting only {self.cafile}"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from agent.core.hostport import HostPort
 from agent.core.proxy_env import PROXY_VARIABLES, choose_proxy
+from agent.core.runtime_kinds import BY_NAME
 from agent.node.host import HostFS
-from agent.node.runtime_proxy import SERVICES, RuntimeProxy, runtime_proxy
+from agent.node.runtime_proxy import RuntimeProxy, runtime_proxy
 
 if TYPE_CHECKING:
     from agent.core.trust import CertInfo
@@ -29,7 +30,7 @@ def runtime_route(
 ) -> RuntimeProxy:
     """How the node's runtime reaches `target`: its unit's proxy settings, falling back to
     `env` (the agent's environment) when the unit sets none or no runtime is known."""
-    runtime = next((rt for rt in runtimes if rt in SERVICES), None)
+    runtime = next((rt for rt in runtimes if rt in BY_NAME), None)
     if runtime is not None:
         return runtime_proxy(fs, runtime, target, fallback=env)
     own = {k: v for k, v in env.items() if k in PROXY_VARIABLES}

@@ -119,9 +119,9 @@ class Applier:
                         f"{' '.join(argv)} failed (exit {res.returncode}): {detail}",
                         kind="refresh-failed",
                     )
-            case p.Verify(target, cafile, timeout):
+            case p.Verify(target, cafile, timeout, proxy):
                 with timed(timings, "verify"):
-                    self._do_verify(target, cafile, timeout)
+                    self._do_verify(target, cafile, timeout, proxy)
             case p.Restart():  # handled by apply
                 pass
 
@@ -148,14 +148,16 @@ class Applier:
             shared=shared,
         )
 
-    def _do_verify(self, target: HostPort, cafile: str, timeout: float) -> None:
+    def _do_verify(
+        self, target: HostPort, cafile: str, timeout: float, proxy: str | None = None
+    ) -> None:
         real = self._ctx.fs.resolve(cafile)
         if self._ctx.verify is not None:
             self._ctx.verify(target, real)
             return
-        from agent.node.chain import verify_handshake
+        from agent.node.chain import UNSET, verify_handshake
 
-        verify_handshake(target, real, timeout=timeout)
+        verify_handshake(target, real, timeout=timeout, proxy=UNSET if proxy is None else proxy)
 
     def rollback(self, intent: LedgerEntry, done: Sequence[p.Action], undo: Undo) -> None:
         """Undo a failed install: put back the bytes that were there (or remove what we

@@ -206,7 +206,9 @@ class Installer:
                 # Declarative: the operator's word, no fetch; only the anchor itself is checked.
                 check_anchor_only(anchor, now=now, pins=req.pins)
                 return None, anchor
-            fetched = self._do_fetch(req, timings)
+            # a chain fetched moments ago by the caller (interception: through the runtime's
+            # proxy) is the one the anchor was checked against: no second fetch
+            fetched = req.chain if req.chain is not None else self._do_fetch(req, timings)
             t0 = time.perf_counter()
             analysis = analyze_with_anchor(fetched, anchor, req.endpoint, now=now, pins=req.pins)
             timings["analyze"] = time.perf_counter() - t0
@@ -291,7 +293,8 @@ class Installer:
     ) -> p.Verify | None:
         if analysis is None:
             return None  # declarative: the registry need not be reachable from here
-        return p.Verify(req.endpoint, placements[0].verify_cafile, req.timeout)
+        # the handshake takes the request's route (the runtime's proxy) when it names one
+        return p.Verify(req.endpoint, placements[0].verify_cafile, req.timeout, req.proxy)
 
     def _hosts_toml_edits(
         self,

@@ -9,7 +9,7 @@ and the handshake that verifies it, take the runtime's route, and the Event says
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from agent.core.hostport import HostPort
@@ -43,3 +43,49 @@ def fetch_through(target: HostPort, proxy: str | None, timeout: float) -> tuple[
     from agent.node.chain import fetch_chain
 
     return fetch_chain(target, proxy=proxy, timeout=timeout).certs
+
+
+DEFAULT_DIR = HostPort("_default")  # containerd's certs.d/_default/: hosts without a directory
+
+
+def standing_targets(
+    fs: HostFS,
+    runtimes: Sequence[str],
+    covered: Callable[[HostPort], bool],
+    *,
+    everything: bool,
+    managed: Collection[str],
+) -> tuple[HostPort, ...]:
+    """Where containerd needs the proxy CA before any pull fails (docs/interception.md):
+
+    - `certs.d/_default/`, read for every registry without a directory of its own (and for
+      the token and CDN hosts of their pulls), only when the CA covers `everything` (no
+      `hosts`, no `except`): otherwise `_default` would give it to hosts it must not cover;
+    - every existing per-registry directory of a covered registry (ours, empty, a mirror's):
+      a registry with a directory never reads `_default`. Directories of endpoints the ledger
+      already manages (`managed` keys) keep their own entry.
+
+    Only on a node whose every runtime is containerd with registry scope available; on
+    docker and CRI-O (no default directory) a covered registry gets the CA when it fails.
+    """
+    if not runtimes or any(rt != "containerd" for rt in runtimes):
+        return ()
+    from agent.core.errors import InputError, StoreError
+    from agent.core.hostport import parse_hostport
+    from agent.node.runtimes.registry import runtime
+
+    try:
+        root = runtime("containerd").certs_dir(fs, None)
+    except StoreError:
+        return ()  # no registry scope: nothing is placed ahead of a failure
+    targets = [DEFAULT_DIR] if everything else []
+    for name in fs.listdir(root):
+        if name == DEFAULT_DIR.host or not fs.is_dir(f"{root}/{name}"):
+            continue
+        try:
+            endpoint = parse_hostport(name)
+        except InputError:
+            continue  # not a registry's directory
+        if covered(endpoint) and endpoint.key not in managed:
+            targets.append(endpoint)
+    return tuple(targets)

@@ -139,9 +139,10 @@ def pid_of(daemon: Containerd2) -> str:
     return Path(daemon.spec.pidfile).read_text().strip()
 
 
-def declared(proxy: InterceptingProxy) -> str:
+def declared(proxy: InterceptingProxy, *, everything: bool = False) -> str:
     pem = textwrap.indent(proxy.ca.pem.decode(), "    ")
-    return f"interception:\n  caPEM: |\n{pem}  except: [public-registry.test]\n"
+    excepted = "" if everything else "  except: [public-registry.test]\n"
+    return f"interception:\n  caPEM: |\n{pem}{excepted}"
 
 
 @pytest.mark.timeout(300)
@@ -195,6 +196,20 @@ def test_the_declared_proxy_ca_fixes_covered_pulls_without_a_restart_and_only_th
             print(f"[event] CARemoved: {removed}")
             assert cluster.certs_d("ghcr.io") == []
             assert X509_UNKNOWN in cri_pull(containerd, GHCR).error
+
+            # covering every registry: the CA is in certs.d/_default/ (and in the
+            # directories registries already have) before any pull fails
+            api.put_object(policy(declared(proxy, everything=True), NS))
+            placed = cluster.event("CATrusted", "(_default)")
+            print(f"[event] CATrusted: {placed}")
+            assert cluster.certs_d("_default") == ["ca-trust-agent-_default_443.crt"]
+            for image in (EXCEPTED, GHCR):  # neither failed under this policy
+                pulled = cri_pull(containerd, image)
+                assert pulled.ok, pulled.error
+            assert X509_UNKNOWN in cri_pull(containerd, OTHER_CA_IMAGE).error  # not the CA
+            api.put_object(policy("registries: []\n", NS))
+            cluster.event("CARemoved", "_default:443")
+            assert X509_UNKNOWN in cri_pull(containerd, EXCEPTED).error
             assert pid_of(containerd) == pid
         finally:
             agent.stop()

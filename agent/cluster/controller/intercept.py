@@ -107,6 +107,9 @@ class InterceptionStep:
                 proxy=proxy or "",  # "": direct, never the agent's own proxy by default
                 chain=chain,
                 route=route.describe(),
+                # for the runtime only: the OS store (every client on the node) only when
+                # the policy asks for system scope, never as auto's fallback
+                scope="system" if req.scope == "system" else "registry",
             ),
             pod,
             key,
@@ -133,3 +136,34 @@ class InterceptionStep:
         if pod is not None:
             self._recorder.pod(pod.namespace, pod.name, pod.uid, reason.type, reason, message)
 
+
+
+def standing_requests(policy: Policy, sources: Resolved, engine: Engine) -> list[InstallRequest]:
+    """The proxy CA placed before any pull fails: `certs.d/_default/` and each existing
+    covered per-registry directory (agent.node.interception.standing_targets), declared
+    (no fetch), registry scope only. Several declared certificates (a rotation): the first,
+    by fingerprint; the others reach a registry through its own failure."""
+    from dataclasses import replace
+
+    from agent.core.trust import parse_pem_bundle
+    from agent.node.interception import standing_targets
+
+    interception = policy.interception
+    bundle = interception.bundle(sources) if interception is not None else None
+    if interception is None or not bundle:
+        return []
+    anchor = parse_pem_bundle(bundle)[0]
+    targets = standing_targets(
+        engine.fs,
+        engine.runtimes,
+        policy.intercepted,
+        everything=interception.covers_everything,
+        managed=frozenset(engine.entries()),
+    )
+    options = replace(policy.install_options, scope="registry")
+    return [
+        InstallRequest(
+            endpoint=target, options=options, ca_pem=anchor.pem, source="interception"
+        )
+        for target in targets
+    ]

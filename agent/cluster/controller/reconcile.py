@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from agent.cluster import oplog
+from agent.cluster.controller.intercept import standing_requests
 from agent.cluster.controller.interfaces import Installer, Recorder
 from agent.cluster.controller.publish import Publisher, parse_time
 from agent.cluster.controller.state import ControllerState
@@ -73,6 +74,10 @@ class PolicySync:
             )
             self._installer.install(req, None, endpoint.key)
         if snap.policy_loaded:
+            # a proxy's CA where containerd reads it before any pull fails (_default, and
+            # the covered registries that have a directory of their own)
+            for req in standing_requests(policy, sources, self._engine):
+                self._installer.install(req, None, req.endpoint.key)
             self._remove_delisted(policy, sources)
         self._publisher.publish()
 
@@ -224,6 +229,9 @@ def _interception_reason(
         registry = parse_hostport(entry.registry)
     except AgentError:
         return "its ledger key is not a valid host:port"
+    # certs.d/_default: only while the CA covers every registry
+    if endpoint.host == "_default" and not policy.interception.covers_everything:
+        return "policy.yaml interception no longer covers every registry (hosts or except)"
     for hp in (endpoint, registry):
         if not policy.intercepted(hp):
             return f"{hp.key} is no longer covered by policy.yaml interception"

@@ -246,10 +246,15 @@ class Remediation:
             return
         if result.status == "unchanged":  # logged by oplog.outcome; no Event
             return
+        target = (
+            "every registry without a certs.d directory of its own (_default)"
+            if result.endpoint.host == "_default"
+            else result.endpoint.key
+        )
         self._report(
             pod,
             Reason.CA_TRUSTED,
-            f"Trusted {what} for {result.endpoint.key} in {where}; {result.next_step}"
+            f"Trusted {what} for {target} in {where}; {result.next_step}"
             + (f"; {result.verified_by}" if result.verified_by else "")
             + (f" (scope: {result.scope_reason})" if result.scope_reason else "")
             + (f"; the chain was fetched as {route}" if route else ""),

@@ -147,6 +147,12 @@ class Interception:
             return False
         return not self.hosts or any(rule.matches(endpoint) for rule in self.hosts)
 
+    @property
+    def covers_everything(self) -> bool:
+        """Every registry, none excepted (`hosts` absent or holding a bare `*`)."""
+        every = not self.hosts or any(r.pattern == "*" and r.port is None for r in self.hosts)
+        return every and not self.except_
+
     def bundle(self, resolved: Resolved | None = None) -> bytes | None:
         """The declared CA certificates (caPEM, or the caFrom source once listed); None
         for an `spki` declaration, or a source not found or holding no certificate."""

@@ -202,8 +202,9 @@ class Installer:
                     kind="bad-ca-file",
                 )
             anchor = provided[0]
-            if req.source == "policy":
-                # Declarative: the operator's word, no fetch; only the anchor itself is checked.
+            if req.source == "policy" or (req.source == "interception" and req.chain is None):
+                # Declarative: the operator's word, no fetch; only the anchor itself is checked
+                # (a proxy CA placed ahead of any failure, or repaired, is declared too).
                 check_anchor_only(anchor, now=now, pins=req.pins)
                 return None, anchor
             # a chain fetched moments ago by the caller (interception: through the runtime's

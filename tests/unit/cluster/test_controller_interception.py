@@ -45,7 +45,8 @@ X509 = (
 PROXY_DROPIN = '[Service]\nEnvironment="HTTPS_PROXY=http://proxy.corp.example:3128"\n'
 
 
-def declared(*, extra: str = "") -> str:
+def declared(*, extra: str = "  hosts: [ghcr.io, quay.io]\n") -> str:
+    """The proxy CA, by default for two registries (so nothing is placed in _default)."""
     pem = textwrap.indent(PROXY.pem.decode(), "    ")
     return f"interception:\n  caPEM: |\n{pem}{extra}"
 
@@ -148,7 +149,8 @@ def test_removing_the_declaration_removes_the_proxy_ca(world: World) -> None:
 def test_excepting_a_registry_later_removes_its_proxy_ca_only(world: World) -> None:
     world.controller.on_policy(policy_obj(declared()))
     world.pull_fails()
-    world.controller.on_policy(policy_obj(declared(extra="  except: [ghcr.io]\n")))
+    excepted = "  hosts: [ghcr.io, quay.io]\n  except: [ghcr.io]\n"
+    world.controller.on_policy(policy_obj(declared(extra=excepted)))
     world.controller.drain()
     assert world.controller.engine.entries() == {}
     assert "ghcr.io:443 is no longer covered by policy.yaml interception" in world.said(
@@ -158,6 +160,8 @@ def test_excepting_a_registry_later_removes_its_proxy_ca_only(world: World) -> N
 
 def test_an_excepted_registry_is_left_to_the_registries_policy(world: World) -> None:
     world.controller.on_policy(policy_obj(declared(extra="  except: [ghcr.io]\n")))
+    world.controller.drain()
+    world.recorder.events.clear()
     world.pull_fails()
     assert world.recorder.reasons() == ["RegistryNotAllowed"]
     assert world.proxy.fetches == [] and world.certs_d("ghcr.io") == []
@@ -189,3 +193,61 @@ def test_a_defect_no_ca_fixes_is_diagnosed_on_a_covered_host_too(world: World) -
     assert world.recorder.reasons() == ["RegistryCertificateInvalid"]
     assert "expired on 2026-11-30" in world.said("RegistryCertificateInvalid")
     assert world.proxy.fetches == []
+
+
+# --- containerd: placed before any pull fails ----------------------------------------------
+
+FOREIGN_HOSTS_TOML = (
+    'server = "https://mirror.corp.example"\n\n'
+    '[host."https://mirror.corp.example"]\n  capabilities = ["pull", "resolve"]\n'
+)
+
+
+def test_covering_every_registry_places_the_ca_in_default_and_in_each_existing_directory(
+    world: World,
+) -> None:
+    certs_d = world.root / "etc/containerd/certs.d"
+    (certs_d / "docker.io").mkdir(parents=True)  # an empty directory: ignores _default
+    (certs_d / "quay.io").mkdir()
+    (certs_d / "quay.io/hosts.toml").write_text(FOREIGN_HOSTS_TOML)  # a mirror's
+    (certs_d / "registry.corp.example:5000").mkdir()
+    world.controller.on_policy(policy_obj(declared(extra="")))
+    world.controller.drain()
+    entries = world.controller.engine.entries()
+    assert sorted(entries) == ["_default:443", "docker.io:443", "registry.corp.example:5000"]
+    assert {e.source for e in entries.values()} == {"interception"}
+    assert world.certs_d("_default") == ["ca-trust-agent-_default_443.crt"]
+    assert world.certs_d("docker.io") == ["ca-trust-agent-docker.io_443.crt"]
+    # a mirror's hosts.toml makes containerd ignore *.crt there: that registry is named
+    failed = world.said("CATrustFailed")
+    assert "quay.io" in failed and "hosts.toml" in failed
+    assert world.certs_d("quay.io") == ["hosts.toml"]
+    assert world.proxy.fetches == []  # declared: nothing fetched
+
+
+def test_default_is_removed_once_the_ca_no_longer_covers_every_registry(world: World) -> None:
+    world.controller.on_policy(policy_obj(declared(extra="")))
+    world.controller.drain()
+    assert "_default:443" in world.controller.engine.entries()
+    world.controller.on_policy(policy_obj(declared(extra="  except: [ghcr.io]\n")))
+    world.controller.drain()
+    assert "_default:443" not in world.controller.engine.entries()
+    assert world.certs_d("_default") == []
+    assert "no longer covers every registry" in world.said("CARemoved")
+
+
+def test_hosts_toml_append_adds_the_proxy_ca_to_a_mirror_s_hosts_toml(world: World) -> None:
+    certs_d = world.root / "etc/containerd/certs.d"
+    (certs_d / "quay.io").mkdir(parents=True)
+    (certs_d / "quay.io/hosts.toml").write_text(
+        'server = "https://quay.io"\n\n[host."https://quay.io"]\n  capabilities = ["pull"]\n'
+    )
+    world.controller.on_policy(policy_obj("hostsToml: append\n" + declared(extra="")))
+    world.controller.drain()
+    assert "quay.io:443" in world.controller.engine.entries()
+    toml = (certs_d / "quay.io/hosts.toml").read_text()
+    assert "ca-trust-agent-quay.io_443.crt" in toml
+    world.controller.on_policy(policy_obj("registries: []\n"))
+    world.controller.drain()
+    assert world.controller.engine.entries() == {}
+    assert "ca-trust-agent" not in (certs_d / "quay.io/hosts.toml").read_text()

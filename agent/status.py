@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -119,15 +120,64 @@ def render(status: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- registry certificates a CA cannot fix (RegistryCertificateInvalid, issue 19) ---------
+
+CERTIFICATE_INVALID = "RegistryCertificateInvalid"
+_REGISTRY_IN_MESSAGE = re.compile(r" from registry (\S+) failed: ")
+
+
+def certificate_problems(client: KubeClient) -> list[dict[str, Any]]:
+    """The registries whose certificate has a defect no CA fixes, from the agents' Node
+    Events (namespace `default`, where Node Events live): registry, what is wrong (the
+    Event's sentence), on which nodes, how often and when last, newest first."""
+    from agent.cluster.client import resource_path
+
+    events, _ = client.list_all(
+        resource_path("v1", "events", "default"),
+        field_selector=f"reason={CERTIFICATE_INVALID},involvedObject.kind=Node",
+    )
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        message = str(event.get("message") or "")
+        match = _REGISTRY_IN_MESSAGE.search(message)
+        registry = match.group(1) if match else "?"
+        wrong = message[match.end() :] if match else message
+        row = found.setdefault(
+            (registry, wrong),
+            {"registry": registry, "problem": wrong, "nodes": [], "count": 0, "lastSeen": ""},
+        )
+        node = str((event.get("involvedObject") or {}).get("name") or "")
+        if node and node not in row["nodes"]:
+            row["nodes"].append(node)
+        row["count"] += int(event.get("count") or 1)
+        row["lastSeen"] = max(row["lastSeen"], str(event.get("lastTimestamp") or ""))
+    rows = sorted(found.values(), key=lambda r: (r["lastSeen"], r["registry"]), reverse=True)
+    for row in rows:
+        row["nodes"].sort()
+    return rows
+
+
+def render_certificate_problems(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "registry certificates a CA cannot fix: none reported"
+    lines = ["registry certificates a CA cannot fix (RegistryCertificateInvalid):"]
+    for row in rows:
+        lines.append(f"  {row['registry']}  x{row['count']} on {', '.join(row['nodes'])}")
+        lines.append(f"    {row['problem']}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.cluster.client import KubeClient
 
     client = KubeClient.from_config(args.kubeconfig)
     try:
         status = collect(client, args.namespace)
+        status["certificateProblems"] = certificate_problems(client)
     finally:
         client.close()
-    print(json.dumps(status, indent=2) if args.json else render(status))
+    text = render(status) + "\n" + render_certificate_problems(status["certificateProblems"])
+    print(json.dumps(status, indent=2) if args.json else text)
     return 1 if any(r["conflict"] for r in status["registries"]) else 0
 
 
@@ -175,4 +225,11 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-__all__ = ["collect", "plugin_main", "render", "run"]
+__all__ = [
+    "certificate_problems",
+    "collect",
+    "plugin_main",
+    "render",
+    "render_certificate_problems",
+    "run",
+]

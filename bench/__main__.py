@@ -48,14 +48,20 @@ SECTIONS = (
 
 
 def fetch_rows(runs: int) -> list[Row]:
-    from bench.bench_fetch import cases, measure
+    from bench.bench_fetch import cases, in_process, intercepting, measure
     from lab.tls.pki import make_pki
     from lab.tls.servers import TLSServer
 
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
         pki = make_pki(tmp, names=("localhost",), ips=("127.0.0.1",))
         with TLSServer(pki.chain, pki.leaf) as server:
-            results = measure(cases(server.port), runs)
+            # the proxy path (issue 19): through an intercepting CONNECT proxy vs direct
+            proxy = intercepting(Path(tmp) / "proxy", pki, server.port)
+            try:
+                results = measure(cases(server.port, proxy.url), runs)
+                warm = in_process(server.port, proxy.url, max(runs, 20))
+            finally:
+                proxy.stop()
     ref = next((r for r in results if r.case.name == "openssl s_client" and r.seconds), None)
     rows = []
     for r in results:
@@ -64,7 +70,19 @@ def fetch_rows(runs: int) -> list[Row]:
             rows.append(Row("fetch", metric, "failed: " + r.failed.splitlines()[-1][:50]))
             continue
         ratio = f", {r.median / ref.median:.2f}x openssl" if ref and r is not ref else ""
+        direct = next((d for d in results if d.case.name == "fetch_chain" and d.seconds), None)
+        if r.case.name == "fetch_chain via proxy" and direct is not None:
+            ratio += f", {(r.median - direct.median) * 1000:+.0f} ms vs direct"
         rows.append(Row("fetch", metric, f"{r.median * 1000:.0f} ms ({r.p90 * 1000:.0f}){ratio}"))
+    added = (warm["via proxy"] - warm["direct"]) * 1000
+    rows.append(
+        Row(
+            "fetch",
+            f"fetch_chain in a warm process, direct vs via intercepting proxy, N={max(runs, 20)}",
+            f"{warm['direct'] * 1000:.1f} ms vs {warm['via proxy'] * 1000:.1f} ms "
+            f"({added:+.1f} ms)",
+        )
+    )
     return rows
 
 

@@ -5,7 +5,10 @@ A private CA signs a TLS registry (Debian's docker-registry) on 127.0.0.1 as
 as kubelet does, and fails with "x509: certificate signed by unknown authority". Then
 `ca-trust-agent` fixes it twice — registry scope (no restart) and system scope (the real
 update-ca-certificates and a containerd restart through the agent's own runtime layer) —
-and undoes it, printing a timeline.
+and undoes it, printing a timeline. Last, the corporate case: a containerd behind a
+TLS-inspecting proxy (lab/tls/intercept.py) fails to pull `ghcr.io/lab/tiny:v1`, and the
+agent's daemon, given the proxy's CA in its policy (`interception`), fixes it with no
+restart and removes it again when the declaration goes.
 
 Everything happens in a private mount namespace over copies of the trust directories,
 /etc/hosts, /etc/containerd and /run/containerd, so the machine is left as it was.
@@ -24,6 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.fakes.apiserver import FakeApiServer
+from lab.fakes.doubles import node, pod, policy, wait_until
+from lab.isolation.nodens import HostRoot
 from lab.isolation.sandbox import (
     in_private_mount_namespace,
     isolate_node_paths,
@@ -33,7 +39,9 @@ from lab.procs import become_subreaper, free_port
 from lab.registry.distribution import run_registry
 from lab.registry.push import push_tiny_image
 from lab.runtimes.containerd import Containerd, node_layout, run_containerd
-from lab.tls.pki import make_pki
+from lab.runtimes.containerd2 import Containerd2
+from lab.tls.intercept import Upstream, intercepting_proxy
+from lab.tls.pki import PKI, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "registry.test"
@@ -81,7 +89,9 @@ def _indent(text: str) -> str:
     return "".join("    " + line + "\n" for line in text.splitlines())
 
 
-def _pull(daemon: Containerd, image: str, timeline: Timeline, expect_ok: bool) -> bool:
+def _pull(
+    daemon: Containerd | Containerd2, image: str, timeline: Timeline, expect_ok: bool
+) -> bool:
     with daemon.cri() as cri:
         t0 = time.monotonic()
         result = cri.pull(image)
@@ -89,8 +99,9 @@ def _pull(daemon: Containerd, image: str, timeline: Timeline, expect_ok: bool) -
         if result.ok:
             cri.remove(image)  # the next pull must reach the registry again
     verdict = "pulled" if result.ok else "FAILED: " + _short(result.error or "")
+    pid = daemon.pid if isinstance(daemon, Containerd) else _pid(daemon)
     timeline.step(
-        f"CRI PullImage {image} (containerd pid {daemon.pid})", f"{verdict} ({took * 1000:.0f} ms)"
+        f"CRI PullImage {image} (containerd pid {pid})", f"{verdict} ({took * 1000:.0f} ms)"
     )
     if result.ok != expect_ok:
         raise SystemExit(f"lab: expected the pull to {'succeed' if expect_ok else 'fail'}")
@@ -131,6 +142,7 @@ def run_demo() -> int:
                         f"pid {containerd.pid}",
                     )
                     _scenarios(containerd, image, f"{NAME}:{port}", timeline)
+                _behind_a_proxy(base / "proxied", pki, port, timeline)
             leftovers = box.changed_real_paths()
         print(timeline.table())
         print(
@@ -168,6 +180,93 @@ def _scenarios(containerd: Containerd, image: str, target: str, timeline: Timeli
     out = _agent(["remove", target], env=restart_env)
     timeline.step("ca-trust-agent remove (refresh + restart)", f"exit {out.returncode}")
     _pull(containerd, image, timeline, expect_ok=False)
+
+
+def _pid(daemon: Containerd2) -> str:
+    return Path(daemon.spec.pidfile).read_text().strip()
+
+
+PROXIED_IMAGE = "ghcr.io/lab/tiny:v1"
+
+
+def _behind_a_proxy(base: Path, pki: PKI, port: int, timeline: Timeline) -> None:
+    """containerd 1.6 with HTTPS_PROXY (a systemd drop-in) behind an intercepting proxy that
+    answers ghcr.io from the lab registry; the agent's daemon against a fake API server."""
+    print("\n--- behind a TLS-inspecting proxy: the proxy's CA declared in the policy")
+    route = Upstream("127.0.0.1", port, NAME, pki.paths.root)
+    with intercepting_proxy(base / "proxy", {"ghcr.io:443": route}) as proxy:
+        root = HostRoot(base / "host")
+        daemon = Containerd2(root, base / "daemon", "1.6.20", env={"HTTPS_PROXY": proxy.url})
+        root.prepare()
+        (root.base / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+        dropin = root.base / "etc/systemd/system/containerd.service.d/http-proxy.conf"
+        dropin.parent.mkdir(parents=True)
+        dropin.write_text(f'[Service]\nEnvironment="HTTPS_PROXY={proxy.url}"\n')
+        table = '[plugins."io.containerd.grpc.v1.cri".registry]'
+        daemon.write_config(
+            f'{daemon.base_config()}{table}\n  config_path = "/etc/containerd/certs.d"\n'
+        )
+        daemon.start()
+        try:
+            timeline.step(
+                f"containerd 1.6 with HTTPS_PROXY={proxy.url} (drop-in http-proxy.conf)",
+                f"pid {_pid(daemon)}; the proxy re-signs with {proxy.ca.subject}",
+            )
+            _pull(daemon, PROXIED_IMAGE, timeline, expect_ok=False)
+            _daemon_fixes_it(daemon, proxy.ca.pem.decode(), timeline)
+        finally:
+            daemon.stop()
+
+
+def _daemon_fixes_it(daemon: Containerd2, proxy_ca: str, timeline: Timeline) -> None:
+    from kubernetes.client import Configuration
+
+    from agent.cluster.client import KubeClient
+    from agent.cluster.daemon import Agent
+    from agent.node.engine import Engine
+    from agent.node.host import DirectRunner, HostFS
+
+    with daemon.cri() as cri:
+        failed = cri.pull(PROXIED_IMAGE)
+    pem = "".join(f"    {line}\n" for line in proxy_ca.splitlines())
+    declared = f"interception:\n  caPEM: |\n{pem}"
+    print("policy.yaml:\n" + _indent(declared))
+    with FakeApiServer() as api:
+        api.put_object(node("lab-node"))
+        api.put_object(policy(declared))
+        config = Configuration()
+        config.host = api.url
+        agent = Agent(
+            KubeClient(config), "lab-node", "ca-trust-agent",
+            Engine(HostFS(str(daemon.node.base)), DirectRunner()), reconcile_seconds=3600,
+        )  # fmt: skip
+        agent.start()
+        try:
+            wait_until(lambda: agent.ready().ready, timeout=30)
+            pid = _pid(daemon)
+            waiting = {"reason": "ErrImagePull", "message": failed.error or ""}
+            api.put_object(pod("web-1", "lab-node", PROXIED_IMAGE, waiting))
+            trusted = _event(api, "CATrusted", "ghcr.io:443")
+            timeline.step("agent (interception CA declared): CATrusted", trusted)
+            _pull(daemon, PROXIED_IMAGE, timeline, expect_ok=True)
+            timeline.step("containerd restarted?", "no" if _pid(daemon) == pid else "YES")
+            api.put_object(policy("registries: []\n"))
+            timeline.step("policy without interception: CARemoved", _event(api, "CARemoved", ""))
+            _pull(daemon, PROXIED_IMAGE, timeline, expect_ok=False)
+        finally:
+            agent.stop()
+            agent.join()
+
+
+def _event(api: FakeApiServer, reason: str, about: str) -> str:
+    def found() -> list[str]:
+        return [
+            str(e.get("message"))
+            for e in api.objects("events")
+            if e.get("reason") == reason and about in str(e.get("message"))
+        ]
+
+    return wait_until(found, timeout=60)[0]  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,3 +71,23 @@ class NodeNamespace:
             "unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", _SCRIPT, "sh", *pairs, "--", *argv,
         )
+
+
+@dataclass(frozen=True)
+class HostRoot(NodeNamespace):
+    """A node namespace whose bind sources are the node paths inside one host-root tree
+    (`<base>/etc/containerd`, `<base>/run/containerd`, `<base>/var/lib/ca-trust-agent`), so
+    `base` is the node an agent given `--host-root base` sees, shared with the containerd
+    running in the namespace."""
+
+    @property
+    def etc_containerd(self) -> Path:
+        return self.base / "etc/containerd"
+
+    @property
+    def run_containerd(self) -> Path:
+        return self.base / "run/containerd"
+
+    @property
+    def ledger(self) -> Path:
+        return self.base / "var/lib/ca-trust-agent"

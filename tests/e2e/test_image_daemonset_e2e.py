@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import pytest
 
 from lab.fakes.apiserver import FakeApiServer
 from lab.fakes.doubles import node, pod, policy, wait_until
-from lab.isolation.nodens import NodeNamespace
+from lab.isolation.nodens import HostRoot
 from lab.procs import free_port
 from lab.runtimes.containerd2 import VERSION, Containerd2, available
 from lab.runtimes.imagebuild import docker
@@ -64,24 +63,6 @@ REGISTRY_TABLE = {
     2: '[plugins."io.containerd.grpc.v1.cri".registry]',  # containerd 1.x, config version 2
     3: "[plugins.'io.containerd.cri.v1.images'.registry]",  # containerd 2.x, version 3
 }
-
-
-@dataclass(frozen=True)
-class HostRoot(NodeNamespace):
-    """A node namespace whose bind sources are the node paths inside one host-root tree,
-    so the directory mounted at /host is the node containerd runs on."""
-
-    @property
-    def etc_containerd(self) -> Path:
-        return self.base / "etc/containerd"
-
-    @property
-    def run_containerd(self) -> Path:
-        return self.base / "run/containerd"
-
-    @property
-    def ledger(self) -> Path:
-        return self.base / "var/lib/ca-trust-agent"
 
 
 @pytest.fixture(scope="module", params=["1.6.20", VERSION])

@@ -37,12 +37,13 @@ from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
 from lab.fakes.apiserver import FakeApiServer
 from lab.fakes.doubles import node, pod, policy, wait_until
+from lab.isolation.nodens import HostRoot
 from lab.isolation.sandbox import Sandbox
 from lab.runtimes.containerd2 import VERSION, Containerd2, available
 from lab.tls.intercept import InterceptingProxy, Upstream, intercepting_proxy
 from lab.tls.pki import make_ca, make_leaf
 from tests.e2e.conftest import LabRegistry, cri_pull, timing
-from tests.e2e.test_image_daemonset_e2e import REGISTRY_TABLE, HostRoot, describe
+from tests.e2e.test_image_daemonset_e2e import REGISTRY_TABLE, describe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 

@@ -206,6 +206,14 @@ class Remediation:
             delay = self._flights.failed(key)
             oplog.failed(self._node_name, req.endpoint.key, (req.registry or req.endpoint).key,
                          exc.kind, str(exc), time.perf_counter() - t0, _pod_key(pod))
+            if exc.kind == MISSING_INTERMEDIATE:
+                # the server sends its leaf alone: no CA to take from it (diagnosis kind
+                # missing-intermediate); a TLS-inspecting proxy looks exactly like this
+                self._report(pod, Reason.REGISTRY_CERTIFICATE_INVALID, _missing(req, exc))
+                if self._metrics:
+                    self._metrics.record_remediation("not-remediable", time.perf_counter() - t0)
+                    self._metrics.record_diagnosis("missing-intermediate")
+                return None
             msg = (
                 f"Could not trust {req.endpoint.key} ({exc.kind}): {exc}. "
                 f"Nothing was changed; next attempt in {delay:.0f}s at the earliest"
@@ -314,6 +322,20 @@ class Remediation:
         self._recorder.node(self._node_name, reason.type, reason, message)
         if pod is not None:
             self._recorder.pod(pod.namespace, pod.name, pod.uid, reason.type, reason, message)
+
+MISSING_INTERMEDIATE = "leaf-not-self-signed"  # agent.core.trust: a lone leaf, not self-signed
+
+
+def _missing(req: InstallRequest, exc: AgentError) -> str:
+    image = f"Pulling {req.image}" if req.image else "A pull"
+    registry = (req.registry or req.endpoint).key
+    return (
+        f"{image} from registry {registry} failed: {exc.message} The agent cannot take that "
+        "CA from the server: the registry's owner should send the full chain, or give the "
+        "intermediate as registries[].caPEM; behind a TLS-inspecting proxy, declare the "
+        "proxy's CA as policy interception. Nothing was installed"
+    )
+
 
 def _pod_key(pod: PodRef | None) -> tuple[str, str] | None:
     return (pod.namespace, pod.name) if pod is not None else None

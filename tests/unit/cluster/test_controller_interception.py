@@ -251,3 +251,16 @@ def test_hosts_toml_append_adds_the_proxy_ca_to_a_mirror_s_hosts_toml(world: Wor
     world.controller.drain()
     assert world.controller.engine.entries() == {}
     assert "ca-trust-agent" not in (certs_d / "quay.io/hosts.toml").read_text()
+
+
+def test_without_a_declaration_a_lone_proxy_leaf_is_diagnosed_not_installed(
+    world: World,
+) -> None:
+    world.controller.on_policy(policy_obj("registries:\n  - host: ghcr.io\n"))
+    world.pull_fails()
+    assert world.recorder.reasons() == ["UntrustedRegistryDetected", "RegistryCertificateInvalid"]
+    said = world.said("RegistryCertificateInvalid")
+    assert said.startswith(f"Pulling {IMAGE} from registry ghcr.io:443 failed: the server sent")
+    assert "issued by CN=Corp Inspecting Proxy CA" in said
+    assert "declare the proxy's CA as policy interception" in said
+    assert world.controller.engine.entries() == {}

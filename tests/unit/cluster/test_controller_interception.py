@@ -264,3 +264,22 @@ def test_without_a_declaration_a_lone_proxy_leaf_is_diagnosed_not_installed(
     assert "issued by CN=Corp Inspecting Proxy CA" in said
     assert "declare the proxy's CA as policy interception" in said
     assert world.controller.engine.entries() == {}
+
+
+def test_a_proxy_ca_read_from_a_configmap_is_used_once_listed_and_follows_it(
+    world: World,
+) -> None:
+    from agent.core.policy import CASource
+
+    source = CASource("configMap", name="proxy-ca", key="ca.crt")
+    text = "interception:\n  caFrom: {configMap: {name: proxy-ca, key: ca.crt}}\n"
+    world.controller.on_policy(policy_obj(text + "  hosts: [ghcr.io]\n"))
+    world.controller.on_ca_sources({source: PROXY.pem.decode()})
+    world.pull_fails()
+    assert world.controller.engine.entries()["ghcr.io:443"].sha256 == PROXY.sha256
+    world.controller.on_ca_sources({source: OTHER.pem.decode()})  # the proxy's CA changed
+    world.controller.drain()
+    assert world.controller.engine.entries() == {}
+    assert "the declared interception CA (ConfigMap proxy-ca key ca.crt) changed" in world.said(
+        "CARemoved"
+    )

@@ -10,6 +10,8 @@ machine:
     ghcr.io:443               the lab registry, re-signed by the proxy's CA
     public-registry.test:443  the same; listed in `interception.except`
     quay.io:443               the same, but presented with a leaf of another CA
+    registry-1.docker.io:443, auth.docker.io:443, production.cloudflare.docker.com:443
+                              docker.io/library/tiny:v1 as on Docker Hub (token, CDN redirect)
 
 The agent runs in-process against the fake API server (as tests/e2e/test_daemon_e2e.py),
 on a host root shared with that containerd (the layout of test_image_daemonset_e2e.py).
@@ -37,12 +39,14 @@ from agent.node.engine import Engine
 from agent.node.host import DirectRunner, HostFS
 from lab.fakes.apiserver import FakeApiServer
 from lab.fakes.doubles import node, pod, policy, wait_until
+from lab.isolation.netns import NetnsHost
 from lab.isolation.nodens import HostRoot
 from lab.isolation.sandbox import Sandbox
 from lab.runtimes.containerd2 import VERSION, Containerd2, available
-from lab.tls.intercept import InterceptingProxy, Upstream, intercepting_proxy
+from lab.tls.intercept import InterceptingProxy, Upstream
 from lab.tls.pki import make_ca, make_leaf
 from tests.e2e.conftest import LabRegistry, cri_pull, timing
+from tests.e2e.test_default_dir_facts_e2e import HUB, hub_like_lab
 from tests.e2e.test_image_daemonset_e2e import REGISTRY_TABLE, describe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -59,17 +63,22 @@ OTHER = make_ca("Someone Else Re-signing CA")
 
 @pytest.fixture(scope="module")
 def proxy(
-    sandbox: Sandbox, netns_registry: LabRegistry, tmp_path_factory: pytest.TempPathFactory
+    sandbox: Sandbox,
+    lab_netns: NetnsHost,
+    netns_registry: LabRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[InterceptingProxy]:
+    """The proxy of the _default facts (Docker-Hub-like token and CDN hosts included), with
+    quay.io added: answered from the same registry, but with another CA's leaf."""
     registry = netns_registry
-    upstream = Upstream(
-        registry.registry.address, registry.port, registry.host, registry.pki.paths.root
-    )
-    names = ("ghcr.io:443", "public-registry.test:443", "quay.io:443")
-    presents = {"quay.io:443": (make_leaf(OTHER, names=("quay.io",)),)}
     work = tmp_path_factory.mktemp("intercept-e2e")
-    with intercepting_proxy(work, dict.fromkeys(names, upstream), presents=presents) as p:
-        yield p
+    for lab in hub_like_lab(lab_netns, registry, work):
+        upstream = Upstream(
+            registry.registry.address, registry.port, registry.host, registry.pki.paths.root
+        )
+        lab.proxy.routes["quay.io:443"] = upstream
+        lab.proxy.presents["quay.io:443"] = (make_leaf(OTHER, names=("quay.io",)),)
+        yield lab.proxy
 
 
 @pytest.fixture(scope="module", params=["1.6.20", VERSION])
@@ -178,6 +187,16 @@ def test_the_declared_proxy_ca_fixes_covered_pulls_without_a_restart_and_only_th
             pulled = cri_pull(containerd, GHCR)
             assert pulled.ok, pulled.error
             assert pid_of(containerd) == pid  # registry scope: no restart
+
+            # Docker Hub's way: the image's registry is docker.io, the manifest comes from
+            # registry-1.docker.io, the token from auth.docker.io, the blobs through a
+            # redirect to production.cloudflare.docker.com; one CA file in certs.d/docker.io/
+            cluster.fails(HUB)
+            hub = cluster.event("CATrusted", "registry-1.docker.io:443")
+            print(f"[event] CATrusted: {hub}")
+            assert cluster.certs_d("docker.io") == ["ca-trust-agent-registry-1.docker.io_443.crt"]
+            pulled = cri_pull(containerd, HUB)
+            assert pulled.ok, pulled.error
 
             # a registry in `except` is left to `registries` (which lists none)
             cluster.fails(EXCEPTED)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from agent.cluster.controller.interfaces import Installer, Metrics, PodRef, Recorder
-from agent.core.errors import AgentError
+from agent.core.errors import AgentError, TrustError
 from agent.core.flights import Flights
 from agent.core.policy import Policy, Resolved
 from agent.core.reasons import Reason
@@ -61,10 +62,7 @@ class InterceptionStep:
         sources: Resolved,
     ) -> None:
         """`req` names the failing endpoint, its registry, the image and the settings."""
-        from dataclasses import replace
-
-        from agent.core.errors import TrustError
-        from agent.core.interception import match_declared
+        from agent.core.interception import match_declared  # the X.509 stack: on first use
         from agent.core.trust import parse_pem_bundle
 
         interception = policy.interception
@@ -143,8 +141,6 @@ def standing_requests(policy: Policy, sources: Resolved, engine: Engine) -> list
     covered per-registry directory (agent.node.interception.standing_targets), declared
     (no fetch), registry scope only. Several declared certificates (a rotation): the first,
     by fingerprint; the others reach a registry through its own failure."""
-    from dataclasses import replace
-
     from agent.core.trust import parse_pem_bundle
     from agent.node.interception import standing_targets
 

@@ -323,6 +323,7 @@ class Remediation:
         if pod is not None:
             self._recorder.pod(pod.namespace, pod.name, pod.uid, reason.type, reason, message)
 
+
 MISSING_INTERMEDIATE = "leaf-not-self-signed"  # agent.core.trust: a lone leaf, not self-signed
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from agent.core.hostport import HostPort
-from agent.node.stores.registry import CRIO_CERTS_DIR, RegistryStore
+from agent.node.runtimes.crio import CRIO_CERTS_DIR
+from agent.node.stores.registry import RegistryStore
 from lab.procs import clean_env
 from tests.e2e.conftest import LabRegistry
 

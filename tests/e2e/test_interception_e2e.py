@@ -44,7 +44,7 @@ from lab.isolation.nodens import HostRoot
 from lab.isolation.sandbox import Sandbox
 from lab.runtimes.containerd2 import VERSION, Containerd2, available
 from lab.tls.intercept import InterceptingProxy, Upstream
-from lab.tls.pki import make_ca, make_leaf
+from lab.tls.pki import expired, make_ca, make_leaf
 from tests.e2e.conftest import LabRegistry, cri_pull, timing
 from tests.e2e.test_default_dir_facts_e2e import HUB, hub_like_lab
 from tests.e2e.test_image_daemonset_e2e import REGISTRY_TABLE, describe
@@ -58,6 +58,7 @@ CERTS_D = "/etc/containerd/certs.d"
 GHCR = "ghcr.io/lab/tiny:v1"
 EXCEPTED = "public-registry.test/lab/tiny:v1"
 OTHER_CA_IMAGE = "quay.io/lab/tiny:v1"
+EXPIRED_IMAGE = "expired.example/lab/tiny:v1"
 OTHER = make_ca("Someone Else Re-signing CA")
 
 
@@ -78,6 +79,11 @@ def proxy(
         )
         lab.proxy.routes["quay.io:443"] = upstream
         lab.proxy.presents["quay.io:443"] = (make_leaf(OTHER, names=("quay.io",)),)
+        # the proxy's own leaf for this name has expired: no CA can fix that
+        lab.proxy.routes["expired.example:443"] = upstream
+        lab.proxy.presents["expired.example:443"] = (
+            make_leaf(lab.proxy.ca, names=("expired.example",), window=expired()),
+        )
         yield lab.proxy
 
 
@@ -209,6 +215,17 @@ def test_the_declared_proxy_ca_fixes_covered_pulls_without_a_restart_and_only_th
             print(f"[event] InterceptedChainRefused: {refused}")
             assert "issued by CN=Someone Else Re-signing CA" in refused
             assert cluster.certs_d("quay.io") == []
+
+            # a defect no CA fixes: diagnosed, counted, nothing installed
+            failed = cri_pull(containerd, EXPIRED_IMAGE)
+            assert "x509: certificate has expired or is not yet valid" in failed.error
+            cluster.pods += 1
+            waiting = {"reason": "ErrImagePull", "message": failed.error}
+            api.put_object(pod(f"web-{cluster.pods}", NODE, EXPIRED_IMAGE, waiting))
+            invalid = cluster.event("RegistryCertificateInvalid", "expired.example:443")
+            print(f"[event] RegistryCertificateInvalid: {invalid}")
+            assert "expired on " in invalid and "the registry's owner must renew it" in invalid
+            assert cluster.certs_d("expired.example") == []
 
             # the operator removes the declaration: what it installed goes, the x509 is back
             api.put_object(policy("registries: []\n", NS))

@@ -12,6 +12,7 @@ from agent.core.errors import AgentError
 from agent.core.ledger_entry import LedgerEntry
 from agent.core.reasons import Reason
 from agent.node.engine import Engine
+from agent.node.interception import DEFAULT_DIR
 
 # the name the controller has always logged under: log pipelines filter on it
 log = logging.getLogger("agent.cluster.controller")
@@ -44,7 +45,11 @@ class Publisher:
 
     def publish(self) -> None:
         entries = self.entries()
-        installed = sorted(k for k, e in entries.items() if e.state == "installed")
+        # the annotation names registries: containerd's certs.d/_default (an interception CA
+        # for every registry without a directory of its own) is not one
+        installed = sorted(
+            k for k, e in entries.items() if e.state == "installed" and k != DEFAULT_DIR.key
+        )
         try:
             self._cluster.set_trusted_registries(self._node_name, installed)
         except Exception as exc:

@@ -73,6 +73,7 @@ class World:
     controller: Controller
     recorder: Recorder
     proxy: Proxy
+    cluster: Cluster
 
     def pull_fails(self, message: str = X509, image: str = IMAGE) -> None:
         pod = failing_pod(message=message)
@@ -105,17 +106,17 @@ def world(tmp_path: Path) -> World:
         fetch=proxy.chain,  # the engine's own fetch sees the same proxy
         verify=lambda target, cafile: None,
     )
-    recorder = Recorder()
+    recorder, cluster = Recorder(), Cluster()
     controller = Controller(
         node_name=NODE,
         engine=engine,
         recorder=recorder,
-        cluster=Cluster(),
+        cluster=cluster,
         chain_fetcher=proxy.fetch,
         proxy_env={},
     )
     controller.on_node(node_obj())
-    return World(root, controller, recorder, proxy)
+    return World(root, controller, recorder, proxy, cluster)
 
 
 def test_a_covered_registry_gets_the_declared_proxy_ca_fetched_through_the_runtime_proxy(
@@ -223,6 +224,8 @@ def test_covering_every_registry_places_the_ca_in_default_and_in_each_existing_d
     assert "quay.io" in failed and "hosts.toml" in failed
     assert world.certs_d("quay.io") == ["hosts.toml"]
     assert world.proxy.fetches == []  # declared: nothing fetched
+    # the Node annotation names registries; certs.d/_default is not one
+    assert world.cluster.annotations[-1] == ["docker.io:443", "registry.corp.example:5000"]
 
 
 def test_default_is_removed_once_the_ca_no_longer_covers_every_registry(world: World) -> None:

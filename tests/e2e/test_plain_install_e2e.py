@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from lab.fakes.hostroot import node_root
-from lab.isolation.nodens import NodeNamespace
+from lab.isolation.nodens import HostRoot
 from lab.procs import CLEAN_PATH
 from lab.runtimes.containerd2 import CERTS_D, VERSION, Containerd2, available
 from lab.runtimes.cri import PullResult
@@ -138,23 +138,6 @@ def test_every_module_the_agent_can_import_imports_in_the_plain_install(
     assert {"grpc", "google.protobuf:descriptor_pool", "agent.node.runtimes.cri"} <= ok
 
 
-class HostRootNode(NodeNamespace):
-    """A node namespace whose binds are the host root's own directories: the daemon sees
-    <root>/etc/containerd at /etc/containerd, the agent is told `--host-root <root>`."""
-
-    @property
-    def etc_containerd(self) -> Path:
-        return self.base / "etc/containerd"
-
-    @property
-    def run_containerd(self) -> Path:
-        return self.base / "run/containerd"
-
-    @property
-    def ledger(self) -> Path:
-        return self.base / "var/lib/ca-trust-agent"
-
-
 @dataclass(frozen=True)
 class Node:
     root: Path
@@ -191,7 +174,7 @@ def node(
         pytest.fail(f"containerd {VERSION} is missing: scripts/bootstrap unpacks it")
     base = tmp_path_factory.mktemp(f"plain-node-{version}")
     root = node_root(base / "host")
-    daemon = Containerd2(HostRootNode(root), base / "daemon", version)
+    daemon = Containerd2(HostRoot(root), base / "daemon", version)
     table = V1_TABLE if version.startswith("1.") else V2_TABLE
     daemon.write_config(f'{daemon.base_config()}{table}\n  config_path = "{CERTS_D}"\n')
     daemon.start()

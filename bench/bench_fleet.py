@@ -20,11 +20,8 @@ kube-apiserver does. For each N:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import queue
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,13 +29,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import Row  # noqa: E402
+from bench.workers import Worker, spawn  # noqa: E402
 
 REGISTRY = "registry.fleet.example:5000"
 IMAGE = f"{REGISTRY}/team/app:v1"
@@ -113,62 +111,15 @@ def run_worker(api_url: str, names: Sequence[str], confirmations: int, anchor_fi
 # --- driver side --------------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    proc: subprocess.Popen[str]
-    lines: queue.Queue[JSON]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, key: str, timeout: float) -> JSON:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if key in message:
-                return message
-        raise TimeoutError(f"worker {self.proc.pid}: no {key!r} within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, TimeoutError):
-                self.send("stop")
-                self.expect("stopped", 60)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _lines(stream: IO[str], out: queue.Queue[JSON]) -> None:
-    for line in stream:
-        with contextlib.suppress(ValueError):
-            out.put(json.loads(line))
-
-
 def start_worker(
     api_url: str, names: Sequence[str], confirmations: int, anchor_file: Path, log: Path
 ) -> Worker:
-    from bench.bench_daemon import clean_environ
-
     argv = [
         sys.executable, "-m", "bench.bench_fleet", "--worker", "--api", api_url,
         "--names", ",".join(names), "--confirmations", str(confirmations),
         "--anchor", str(anchor_file),
     ]
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, env=clean_environ(), text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-    out: queue.Queue[JSON] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
-    return Worker(proc, out)
+    return spawn(argv, log)
 
 
 def measure(n: int, confirmations: int, idle_seconds: float) -> FleetResult:

@@ -18,20 +18,16 @@ two cores are not one GIL, all against one fake API server in this process:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import queue
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -44,14 +40,13 @@ from bench.bench_daemon import (  # noqa: E402
     OTHER_NODES,
     BenchApi,
     churn,
-    clean_environ,
     drop_proxy_and_trust_env,
     host_root,
     kube_client,
     opted_in_node,
     policy,
-    proc_status_kib,
 )
+from bench.workers import Worker, spawn  # noqa: E402
 from lab.fakes.apiserver import FakeApiServer  # noqa: E402
 
 JSON = dict[str, Any]
@@ -140,49 +135,6 @@ def restart_all(agents: Sequence[Any], hold: float) -> JSON:
 # --- driver side ------------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    nodes: tuple[str, ...]
-    proc: subprocess.Popen[str]
-    lines: queue.Queue[JSON]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, key: str, timeout: float) -> JSON:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if key in message:
-                return message
-        raise TimeoutError(f"worker {self.proc.pid}: no {key!r} within {timeout:.0f}s")
-
-    def rss_kib(self) -> int:
-        return proc_status_kib(self.proc.pid, "VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, TimeoutError):
-                self.send("stop")
-                self.expect("stopped", 30)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _pump(stream: IO[str], lines: queue.Queue[JSON]) -> None:
-    for line in stream:
-        with contextlib.suppress(ValueError):
-            lines.put(json.loads(line))
-
-
 def start_worker(api_url: str, nodes: Sequence[str], root: Path, hold: float,
                  poll: float | None, log: Path) -> Worker:
     argv = [
@@ -191,13 +143,7 @@ def start_worker(api_url: str, nodes: Sequence[str], root: Path, hold: float,
     ]
     if poll is not None:
         argv += ["--poll", str(poll)]
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, env=clean_environ(), text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-    lines: queue.Queue[JSON] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    return Worker(tuple(nodes), proc, lines)
+    return spawn(argv, log)
 
 
 def scale(agents: int, per_process: int, idle_seconds: float, pods: int, hold: float,
